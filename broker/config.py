@@ -78,6 +78,8 @@ class RequestsConfig:
 @dataclass(frozen=True)
 class ArchivesConfig:
     paths: tuple[str, ...] = ()
+    # Seconds between two ingests of the folders above (0: only at start).
+    rescan_secs: float = 3600.0
 
 
 @dataclass(frozen=True)

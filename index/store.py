@@ -113,14 +113,19 @@ class StoredImage:
 
 
 class Store:
-    """A connection to the database, one per process and thread."""
+    """A connection to the database, used by one thread at a time."""
 
     def __init__(self, path: str | Path, timeout_secs: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.connection = sqlite3.connect(
-                self.path, timeout=timeout_secs, isolation_level=None
+                self.path,
+                timeout=timeout_secs,
+                isolation_level=None,
+                # A Store may be built in one thread and used in another, but
+                # by one thread at a time.
+                check_same_thread=False,
             )
         except sqlite3.Error as error:
             raise StoreError(f"cannot open database {self.path}: {error}") from error

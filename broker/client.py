@@ -1,0 +1,133 @@
+"""The client side: send requests to a service through the broker.
+
+A ``BrokerClient`` owns one DEALER socket and must stay in the thread
+that created it; ``thread_client`` gives each thread its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from broker import protocol
+
+
+# Broker failure codes that mean the request was never answered by a worker.
+TRANSPORT_FAILURES = frozenset({"WORKER_DIED", "NO_WORKER"})
+
+
+class BrokerError(RuntimeError):
+    """A request failed in transport: timed out, or no worker answered."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class BrokerClient:
+    """Send requests to services; replies are matched by request id."""
+
+    def __init__(self, endpoint: str, context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid()}-{threading.get_ident()}-".encode()
+        # Replies that arrived while waiting for another request.
+        self._early: dict[bytes, dict[str, Any]] = {}
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def send(self, service: str, body: dict[str, Any]) -> bytes:
+        """Send a request without waiting; return its request id."""
+        request_id = self._prefix + str(next(self._ids)).encode()
+        self.socket.send_multipart([
+            protocol.CLIENT, protocol.REQUEST, request_id, service.encode(),
+            protocol.pack(body),
+        ])
+        return request_id
+
+    def receive(self, timeout_secs: float) -> tuple[bytes, dict[str, Any]] | None:
+        """Return the next (request id, reply body), or None on time-out.
+
+        A FAILURE from the broker becomes a reply with ``ok`` false.
+        """
+        if self._early:
+            request_id = next(iter(self._early))
+            return request_id, self._early.pop(request_id)
+        if not self.socket.poll(int(timeout_secs * 1000), zmq.POLLIN):
+            return None
+        frames = self.socket.recv_multipart()
+        if len(frames) != 4 or frames[0] != protocol.CLIENT:
+            return self.receive(0)
+        try:
+            body = protocol.unpack(frames[3])
+        except ValueError as error:
+            body = protocol.failure("BAD_REPLY", str(error))
+        return frames[2], body
+
+    def request(
+        self, service: str, body: dict[str, Any], timeout_secs: float = 60.0
+    ) -> dict[str, Any]:
+        """Send a request and wait for its reply.
+
+        Raises BrokerError when no reply arrives within ``timeout_secs``
+        or when the broker reports that no worker could answer.
+        """
+        request_id = self.send(service, body)
+        deadline = time.monotonic() + timeout_secs
+        while True:
+            if request_id in self._early:
+                reply = self._early.pop(request_id)
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerError(
+                    "TIMED_OUT",
+                    f"no reply from {service} for {body.get('kind')} "
+                    f"within {timeout_secs:.0f} s",
+                )
+            received = self._receive_socket(left)
+            if received is None:
+                continue
+            if received[0] == request_id:
+                reply = received[1]
+                break
+            self._early[received[0]] = received[1]
+        if not reply.get("ok", True) and reply.get("code") in TRANSPORT_FAILURES:
+            raise BrokerError(reply["code"], reply.get("message", ""))
+        return reply
+
+    def _receive_socket(self, timeout_secs: float):
+        if not self.socket.poll(int(timeout_secs * 1000), zmq.POLLIN):
+            return None
+        frames = self.socket.recv_multipart()
+        if len(frames) != 4 or frames[0] != protocol.CLIENT:
+            return None
+        try:
+            return frames[2], protocol.unpack(frames[3])
+        except ValueError as error:
+            return frames[2], protocol.failure("BAD_REPLY", str(error))
+
+
+_local = threading.local()
+
+
+def thread_client(endpoint: str) -> BrokerClient:
+    """Return this thread's client for ``endpoint``, creating it once."""
+    clients = getattr(_local, "clients", None)
+    if clients is None:
+        clients = _local.clients = {}
+    key = (os.getpid(), endpoint)
+    client = clients.get(key)
+    if client is None:
+        client = clients[key] = BrokerClient(endpoint)
+    return client

@@ -1,0 +1,121 @@
+"""The wire protocol between the broker, its clients and its workers.
+
+Every process connects a ZeroMQ DEALER socket to the broker's ROUTER
+socket. The ROUTER prepends the peer's identity frame on receipt and
+strips it on send, so the frames below are as seen by the peer.
+
+Client frames (``CLIENT`` header)::
+
+    client -> broker   [CLIENT, REQUEST, request_id, service, body]
+    broker -> client   [CLIENT, REPLY,   request_id, body]
+    broker -> client   [CLIENT, FAILURE, request_id, body]
+
+Worker frames (``WORKER`` header)::
+
+    worker -> broker   [WORKER, READY,     body]   body: service, pid, capacity
+    worker -> broker   [WORKER, HEARTBEAT, body]   body: activity (list of str)
+    worker -> broker   [WORKER, REPLY,     client_identity, request_id, body]
+    worker -> broker   [WORKER, DISCONNECT]
+    broker -> worker   [WORKER, REQUEST,   client_identity, request_id, body]
+    broker -> worker   [WORKER, HEARTBEAT]
+    broker -> worker   [WORKER, DISCONNECT]  (unknown worker: send READY again)
+
+``request_id`` is chosen by the client and unique among its pending
+requests. ``body`` is one msgpack map. Request bodies name their
+``kind`` (a string from ``KINDS``); reply bodies carry ``ok`` (bool),
+and when ``ok`` is false, ``code`` and ``message``. A FAILURE frame is
+the broker's own reply when no worker could answer: its body is
+``{ok: false, code, message}`` with a code from ``BROKER_FAILURES``.
+
+Workers send a heartbeat every ``heartbeat_interval_secs`` and so does
+the broker to each worker. A worker silent for ``heartbeat_liveness``
+intervals is dropped: the requests it held are delivered to another
+worker of the same service, up to ``max_redeliveries`` times, and then
+fail with ``WORKER_DIED``. Header and command values are never reused
+with another meaning; retire them instead.
+
+The broker itself answers requests to the service ``broker``
+(kinds ``broker.workers`` and ``broker.queues``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+CLIENT = b"A2T-C1"
+WORKER = b"A2T-W1"
+
+READY = b"\x01"
+REQUEST = b"\x02"
+REPLY = b"\x03"
+HEARTBEAT = b"\x04"
+DISCONNECT = b"\x05"
+FAILURE = b"\x06"
+
+BROKER_SERVICE = "broker"
+
+# Codes of FAILURE replies sent by the broker.
+BROKER_FAILURES = {
+    "WORKER_DIED": "the worker handling the request stopped, even after redelivery",
+    "NO_WORKER": "no worker of the service answered in time",
+    "TIMED_OUT": "the request was not answered in time",
+    "BAD_REQUEST": "the request frames are malformed",
+}
+
+# Services and the request kinds each one serves. Fields are listed as
+# name: type; every reply also carries ok (and code, message on failure).
+KINDS: dict[str, dict[str, str]] = {
+    "broker": {
+        "broker.workers": "-> workers: [{service, pid, activity, busy, capacity}]",
+        "broker.queues": "-> queues: {service: {waiting, in_flight, workers}}",
+    },
+    "pipeline": {
+        "search.submit": "image: bytes, account: str|None, ip: str|None "
+        "-> identifier, status, error, twitter_accounts, results",
+        "search.get": "identifier: str -> the same fields as search.submit",
+        "query.submit": "url: str, ip: str|None -> status, has_first_time_scan, "
+        "twitter_accounts, results, error",
+        "ingest.submit": "path: str -> job: {id, path, status, total, done, "
+        "added, failed, problems}",
+        "ingest.get": "job_id: int -> job",
+        "ingest.progress": "job_id: int, total/done/added/failed: int, "
+        "problems: [[path, reason]], status: str -> (nothing)",
+        "stats.get": "-> the /stats fields",
+    },
+    "lister": {
+        "archive.list": "job_id: int, path: str -> total, added, failed, problems",
+    },
+    "indexer": {
+        "image.index": "tweet_id, position, image_count, account_id: int, "
+        "handle: str, location: str, is_file: bool, created_at: float|None, "
+        "source: str -> image_id: int, added: bool",
+    },
+    "searcher": {
+        "image.search": "image: bytes, account_ids: [int]|None, limit: int "
+        "-> results: [{image_id, tweet_id, account_id, handle, position, "
+        "image_count, distance, score}]",
+        "index.sync": "-> size: int, max_id: int",
+    },
+}
+
+
+def pack(body: dict[str, Any]) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def unpack(frame: bytes) -> dict[str, Any]:
+    """Decode a msgpack body; raise ValueError unless it is a map."""
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except (msgpack.UnpackException, ValueError) as error:
+        raise ValueError(f"body is not valid msgpack: {error}") from error
+    if not isinstance(body, dict):
+        raise ValueError(f"body must be a msgpack map, got {type(body).__name__}")
+    return body
+
+
+def failure(code: str, message: str, **fields: Any) -> dict[str, Any]:
+    """Build a failed reply body."""
+    return {"ok": False, "code": code, "message": message, **fields}
