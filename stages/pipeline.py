@@ -128,6 +128,11 @@ class Pipeline:
             self.in_flight.release(ip)
             request["status"] = "END"
             self.state.save_request(identifier, "search", request)
+        if request["error"] is not None:
+            # The caller sees the failure by its code; the finished request
+            # stays readable under its identifier.
+            raise HandlerError(request["error"], request["message"] or "",
+                               **_public(request))
         return _public(request)
 
     def _resolve_account(self, handle: Any) -> list[dict] | None:
