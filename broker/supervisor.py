@@ -57,6 +57,21 @@ def process_names(config: Config) -> list[str]:
     return names
 
 
+def _stop_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when the supervisor dies.
+
+    Without it, a supervisor killed with SIGKILL would leave its children
+    running. Elsewhere this does nothing.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Supervisor:
     def __init__(self, config: Config, run_script: Path, config_path: Path,
                  environment: dict[str, str]):
@@ -97,7 +112,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         child.process = subprocess.Popen(child.command, env=self.environment,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         preexec_fn=_stop_with_parent)
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("started %s (pid %d)", child.name, child.process.pid)
