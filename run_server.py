@@ -85,6 +85,14 @@ def _stage(name: str, config):
             os.pathsep)))
         handlers, instance = maintenance.build(config, extra)
         return "maintenance", handlers, 1, instance.stop
+    if name == "link_finder":
+        from stages import link_finder_stage
+
+        return "link_finder", link_finder_stage.handlers(config), 4, None
+    if name == "scanner":
+        from stages import scanner
+
+        return "scanner", scanner.handlers(config), 8, None
     raise SystemExit(f"unknown process name {name!r}")
 
 

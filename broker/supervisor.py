@@ -52,7 +52,8 @@ class Child:
 
 def process_names(config: Config) -> list[str]:
     """Return the processes of the group, the broker first."""
-    names = ["broker", "pipeline", "lister", "searcher", "maintenance", "http"]
+    names = ["broker", "pipeline", "lister", "searcher", "maintenance", "http",
+             "link_finder", "scanner"]
     names += [f"indexer-{number}" for number in range(1, config.stages.indexers + 1)]
     return names
 

@@ -18,21 +18,23 @@ from index.decoding import decode_file, decode_image
 from index.descriptors import describe_image
 from index.errors import ImageError
 from index.store import ImageRecord, Store
+from stages.http_client import FetchError, HttpStatusError, SafeHttpClient
 
 log = logging.getLogger(__name__)
 
 # Images are decoded at a reduced scale whose long side stays at least this.
 DESCRIBE_SIDE_PX = 1024
+# HTTP statuses after which fetching the same image again cannot help.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410, 451})
 
 
 class Indexer:
     """Handle ``image.index`` requests for one process."""
 
-    def __init__(self, config: Config, fetcher=None):
+    def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.database_path)
-        # Callable (url, max_bytes) -> bytes for images listed by URL.
-        self.fetcher = fetcher
+        self.http = SafeHttpClient(config.network)
 
     def handle_index(self, body: dict[str, Any], context: RequestContext) -> dict:
         tweet_id = int(body["tweet_id"])
@@ -51,6 +53,15 @@ class Indexer:
         except OSError as error:
             self._record_failure(body, str(error), permanent=True)
             raise HandlerError("IMAGE_UNREADABLE", f"{location}: {error}") from error
+        except HttpStatusError as error:
+            permanent = error.status in PERMANENT_STATUSES
+            self._record_failure(body, str(error), permanent=permanent)
+            raise HandlerError("CANNOT_GET_IMAGE", str(error),
+                               permanent=permanent) from error
+        except FetchError as error:
+            self._record_failure(body, str(error), permanent=False)
+            raise HandlerError("CANNOT_GET_IMAGE", str(error),
+                               permanent=False) from error
 
         description = describe_image(image)
         record = ImageRecord(
@@ -91,9 +102,7 @@ class Indexer:
                 max_bytes=images.max_bytes,
                 reduce_to=DESCRIBE_SIDE_PX,
             )
-        if self.fetcher is None:
-            raise HandlerError("NO_FETCHER", f"cannot fetch {location}: no HTTP client")
-        data = self.fetcher(location, images.max_bytes)
+        data = self.http.get(location, max_bytes=images.max_bytes).content
         return decode_image(data, images.max_pixels, reduce_to=DESCRIBE_SIDE_PX)
 
     def _record_failure(self, body: dict, error: str, permanent: bool) -> None:

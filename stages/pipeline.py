@@ -95,6 +95,10 @@ class Pipeline:
         self.jobs_lock = threading.Lock()
         self.running_jobs: dict[int, dict] = {}
         self._resume_jobs()
+        from stages.query_flow import QueryFlow
+
+        self.queries = QueryFlow(self)
+        self.queries.resume()
 
     def store(self) -> Store:
         store = getattr(self.stores, "store", None)
@@ -277,6 +281,36 @@ class Pipeline:
             job["status"] = "listing"
             self._start_job(job)
 
+    # Artwork queries and account scans
+
+    def handle_query_submit(self, body: dict[str, Any], context: RequestContext):
+        return _public(self.queries.submit(body.get("url"), body.get("ip")))
+
+    def handle_scan_submit(self, body: dict[str, Any], context: RequestContext):
+        handle = body.get("handle")
+        if not isinstance(handle, str) or not HANDLE_PATTERN.match(handle):
+            raise HandlerError("INVALID_TWITTER_ACCOUNT",
+                               f"invalid account name {str(handle)[:40]!r}")
+        client = context.client()
+        context.set_activity(f"scan of @{handle}")
+        account = client.request("scanner", {"kind": "account.lookup",
+                                             "handle": handle}, timeout_secs=120)
+        if not account.get("ok"):
+            raise HandlerError(account["code"], account.get("message", ""))
+        key = f"scan:{account['account_id']}"
+        request = {"status": "INDEX_ACCOUNTS_TWEETS", "handle": account["handle"],
+                   "account_id": account["account_id"]}
+        self.state.save_request(key, "scan", request)
+        reply = client.request("scanner", {
+            "kind": "account.scan", "account_id": int(account["account_id"]),
+            "handle": account["handle"]}, timeout_secs=3600)
+        request["status"] = "END"
+        request["result"] = {k: v for k, v in reply.items() if k != "ok"}
+        self.state.save_request(key, "scan", request)
+        if not reply.get("ok"):
+            raise HandlerError(reply["code"], reply.get("message", ""))
+        return request
+
     # Statistics and retention
 
     def handle_stats(self, body: dict[str, Any], context: RequestContext):
@@ -339,5 +373,7 @@ def handlers(config: Config) -> dict:
         "ingest.progress": pipeline.handle_ingest_progress,
         "ingest.get": pipeline.handle_ingest_get,
         "stats.get": pipeline.handle_stats,
+        "query.submit": pipeline.handle_query_submit,
+        "scan.submit": pipeline.handle_scan_submit,
         "requests.drop_finished": pipeline.handle_drop_finished,
     }
