@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from broker.config import ArchivesConfig, Config
+from stages.sources import SOURCES, create_source
 from stages.sources.archive import ArchiveSource, list_archive
-from stages.sources.base import AccountState, AccountUnavailableError
+from stages.sources.base import AccountState, AccountUnavailableError, SourceError
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 DEMO = CORPUS / "demo"
@@ -362,3 +364,20 @@ def test_source_unknown_account():
 
     assert caught.value.state is AccountState.NOT_FOUND
     assert "nobody_here" in str(caught.value)
+
+
+def test_registry_builds_archive_source():
+    config = Config(archives=ArchivesConfig(paths=(str(DEMO),)))
+
+    source = create_source(config)
+
+    assert isinstance(source, ArchiveSource)
+    assert sorted(SOURCES) == ["archive", "snscrape", "x_api"]
+    assert all(cls.name == name for name, cls in SOURCES.items())
+
+
+def test_registry_unknown_name():
+    with pytest.raises(SourceError) as caught:
+        create_source(Config(), "nitter")
+
+    assert "nitter" in str(caught.value)
