@@ -21,6 +21,7 @@ from typing import Any
 from broker.config import Config
 from broker.worker import HandlerError, RequestContext
 from index.store import Store
+from stages.sources import create_source
 from stages.sources.base import (
     AccountState,
     AccountUnavailableError,
@@ -35,20 +36,14 @@ IMAGE_TIMEOUT_SECS = 300.0
 
 
 def make_source(config: Config):
-    """Build the tweet source named by ``[scans] backend``, or None for archives."""
-    backend = config.scans.backend
-    if backend == "archive":
+    """Build the tweet source named by ``[scans] backend``, or None for archives.
+
+    Archive accounts are indexed by ingest jobs, so that backend needs no
+    source here; the others come from the registry in ``stages.sources``.
+    """
+    if config.scans.backend == "archive":
         return None
-    if backend == "x_api":
-        from stages.sources.x_api import XApiSource
-
-        return XApiSource.from_config(config)
-    if backend == "snscrape":
-        from stages.sources.snscrape_source import SnscrapeSource
-
-        return SnscrapeSource()
-    raise ValueError(f"unknown [scans] backend {backend!r}; use archive, x_api or "
-                     "snscrape")
+    return create_source(config)
 
 
 class _Scan:
@@ -62,7 +57,15 @@ class _Scan:
 class Scanner:
     def __init__(self, config: Config):
         self.config = config
-        self.source = make_source(config)
+        self.source_error: str | None = None
+        try:
+            self.source = make_source(config)
+        except SourceError as error:
+            # The stage keeps serving so that queries end with this message
+            # instead of waiting for a scanner that restarts forever.
+            log.error("tweet source unavailable: %s", error)
+            self.source_error = str(error)
+            self.source = None
         self.stores = threading.local()
         self.lock = threading.Lock()
         self.scans: dict[int, _Scan] = {}
@@ -74,10 +77,15 @@ class Scanner:
             store = self.stores.store = Store(self.config.database_path)
         return store
 
+    def _check_source(self) -> None:
+        if self.source_error is not None:
+            raise HandlerError("SOURCE_ERROR", self.source_error)
+
     # Lookup
 
     def handle_lookup(self, body: dict[str, Any], context: RequestContext) -> dict:
         handle = str(body.get("handle", "")).lstrip("@")
+        self._check_source()
         if self.source is None:
             account = self.store().find_account(handle)
             if account is None:
@@ -110,6 +118,7 @@ class Scanner:
     def handle_scan(self, body: dict[str, Any], context: RequestContext) -> dict:
         account_id = int(body["account_id"])
         handle = str(body["handle"])
+        self._check_source()
         if self.source is None:
             # Archive accounts are indexed by ingest; nothing to fetch.
             return {"listed": 0, "stored": 0, "failed": 0}
