@@ -106,6 +106,21 @@ class SitesConfig:
 
 
 @dataclass(frozen=True)
+class LinkInBioConfig:
+    """URL templates of link-in-bio pages; ``{name}`` is the page's user name.
+
+    For carrd, ``{domain}`` is carrd.co, crd.co or uwu.ai. Tests point these
+    at loopback fakes.
+    """
+
+    linktree: str = "https://linktr.ee/{name}"
+    litlink: str = "https://lit.link/{name}"
+    potofu: str = "https://api.potofu.me/users/{name}"
+    carrd: str = "https://{name}.{domain}/"
+    biolink: str = "https://bio.link/{name}"
+
+
+@dataclass(frozen=True)
 class XApiConfig:
     """X API v2 access; the bearer token is read from this environment variable."""
 
@@ -143,6 +158,7 @@ class Config:
     archives: ArchivesConfig = field(default_factory=ArchivesConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sites: SitesConfig = field(default_factory=SitesConfig)
+    link_in_bio: LinkInBioConfig = field(default_factory=LinkInBioConfig)
     x_api: XApiConfig = field(default_factory=XApiConfig)
     scans: ScansConfig = field(default_factory=ScansConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)

@@ -840,7 +840,10 @@ def _index_from_file(
 
 
 def build_from_store(
-    store, index: BinaryIndex | None = None, min_quality: int = 0
+    store,
+    index: BinaryIndex | None = None,
+    min_quality: int = 0,
+    compact: bool = True,
 ) -> BinaryIndex:
     """Add every stored image with an id above ``index.max_id``, then merge.
 
@@ -849,7 +852,9 @@ def build_from_store(
     counted with ``mark_skipped`` and never searched. A stored PDQ that is
     not 32 bytes long is logged and skipped the same way. An existing index
     built with another ``min_quality`` raises ValueError, because mixing
-    thresholds would leave it neither rebuilt nor consistent.
+    thresholds would leave it neither rebuilt nor consistent. With
+    ``compact`` false the new codes stay in the scanned tail, so catching
+    up before each search costs no table rebuild.
     """
     if index is None:
         index = BinaryIndex(PDQ_BITS)
@@ -865,8 +870,11 @@ def build_from_store(
         batch_added, batch_skipped = _add_store_batch(index, batch, min_quality)
         added += batch_added
         skipped += batch_skipped
-    index.compact()
-    logger.info(
+    if compact:
+        index.compact()
+    log_level = logging.INFO if added or skipped else logging.DEBUG
+    logger.log(
+        log_level,
         "index caught up with the store: %d added, %d skipped, %d in index, "
         "max id %d, %.2f s",
         added,

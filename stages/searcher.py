@@ -22,7 +22,13 @@ from index.decoding import decode_image
 from index.errors import ImageError
 from index.matcher import Matcher, MatcherSettings
 from index.store import Store
-from index.vector_index import BinaryIndex, IndexFileError, build_from_store
+from index.vector_index import (
+    BinaryIndex,
+    IndexFileError,
+    build_from_store,
+    index_in_step,
+)
+from stages.indexer import DESCRIBE_SIDE_PX
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +59,31 @@ class Searcher:
         self.saved_at = time.monotonic()
 
     def _load_or_rebuild(self) -> BinaryIndex:
+        min_quality = self.config.matching.min_pdq_quality
         try:
             index = BinaryIndex.load(self.folder)
         except IndexFileError as error:
             log.info("rebuilding the FAISS index from SQLite: %s", error)
             return self._rebuild()
+        if index.min_quality != min_quality:
+            log.info("saved FAISS index was built with quality gate %d, not %d; "
+                     "rebuilding", index.min_quality, min_quality)
+            return self._rebuild()
         if index.max_id > self.store.max_image_id():
             log.warning("saved FAISS index is ahead of SQLite (max id %d > %d), "
                         "rebuilding", index.max_id, self.store.max_image_id())
             return self._rebuild()
-        index = build_from_store(self.store, index,
-                                 min_quality=self.config.matching.min_pdq_quality)
+        index = build_from_store(self.store, index, min_quality=min_quality)
+        if not index_in_step(index, self.store):
+            log.warning("saved FAISS index is out of step with SQLite, rebuilding")
+            return self._rebuild()
         log.info("loaded the FAISS index: %d images, max id %d", len(index),
                  index.max_id)
         return index
 
     def _rebuild(self) -> BinaryIndex:
         started = time.monotonic()
-        index = build_from_store(self.store, BinaryIndex(),
+        index = build_from_store(self.store,
                                  min_quality=self.config.matching.min_pdq_quality)
         log.info("built the FAISS index from SQLite: %d images in %.1f s",
                  len(index), time.monotonic() - started)
@@ -80,7 +93,8 @@ class Searcher:
     def sync(self) -> None:
         """Add the images stored since the last sync; save now and then."""
         build_from_store(self.store, self.index,
-                         min_quality=self.config.matching.min_pdq_quality)
+                         min_quality=self.config.matching.min_pdq_quality,
+                         compact=False)
         unsaved = self.index.max_id - self.saved_max_id
         if unsaved >= SAVE_EVERY_IMAGES or (
             unsaved and time.monotonic() - self.saved_at > SAVE_EVERY_SECS
@@ -105,7 +119,9 @@ class Searcher:
         limit = int(body.get("limit") or 10)
         context.set_activity(f"searching an image of {len(data)} bytes")
         try:
-            image = decode_image(data, self.config.images.max_pixels)
+            # Same reduced decode as the indexers, so both sides see alike pixels.
+            image = decode_image(data, self.config.images.max_pixels,
+                                 reduce_to=DESCRIBE_SIDE_PX)
         except ImageError as error:
             raise HandlerError(error.code, str(error)) from error
         with self.lock:
