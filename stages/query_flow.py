@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # The artist may post on X some days after the artwork site.
 UPDATE_MARGIN_SECS = 7 * 24 * 3600.0
 STEP_TIMEOUT_SECS = 120.0
+# Stage failure codes shown to users under the earlier system's code.
+PUBLIC_CODES = {"SITE_ERROR": "PROCESSING_ERROR", "IMAGE_TOO_LARGE": "QUERY_IMAGE_TOO_BIG"}
 SCAN_TIMEOUT_SECS = 3600.0
 
 
@@ -122,7 +124,10 @@ class QueryFlow:
             "account_ids": [int(a["account_id"]) for a in searchable], "limit": 10,
         }, timeout_secs=STEP_TIMEOUT_SECS)
         if not reply.get("ok"):
-            self._fail(request, "ERROR_DURING_REVERSE_SEARCH", reply.get("message"))
+            code = "ERROR_DURING_REVERSE_SEARCH"
+            if reply.get("code") == "IMAGE_TOO_LARGE":
+                code = "QUERY_IMAGE_TOO_BIG"
+            self._fail(request, code, reply.get("message"))
             raise _Stop()
         from stages.pipeline import _public_result
 
@@ -179,8 +184,8 @@ class QueryFlow:
     def _call(self, client, service: str, body: dict, request: dict) -> dict:
         reply = client.request(service, body, timeout_secs=STEP_TIMEOUT_SECS)
         if not reply.get("ok"):
-            self._fail(request, reply.get("code", "PROCESSING_ERROR"),
-                       reply.get("message"))
+            code = reply.get("code", "PROCESSING_ERROR")
+            self._fail(request, PUBLIC_CODES.get(code, code), reply.get("message"))
             raise _Stop()
         return reply
 

@@ -31,7 +31,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_config(folder: Path, extra: str = "", indexers: int = 2) -> Path:
+def write_config(folder: Path, extra: str = "", indexers: int = 2,
+                 http_extra: str = "") -> Path:
     """Write a test configuration under ``folder`` and return its path."""
     path = folder / "config.toml"
     path.write_text(f"""
@@ -48,7 +49,7 @@ indexers = {indexers}
 host = "127.0.0.1"
 port = {free_port()}
 threads = 8
-min_request_interval_secs = 0
+{http_extra or "min_request_interval_secs = 0"}
 [archives]
 rescan_secs = 0
 {extra}
@@ -58,9 +59,9 @@ rescan_secs = 0
 
 class RunningService:
     def __init__(self, folder: Path, extra_config: str = "", indexers: int = 2,
-                 archives: tuple[str, ...] = ()):
+                 archives: tuple[str, ...] = (), http_extra: str = ""):
         self.folder = folder
-        self.config_path = write_config(folder, extra_config, indexers)
+        self.config_path = write_config(folder, extra_config, indexers, http_extra)
         from broker.config import load_config
 
         self.config = load_config(self.config_path, environ={})
