@@ -1,6 +1,6 @@
 """Start, watch and restart the processes of the group.
 
-Each process is ``python run_server.py process NAME``, the same command
+Each process is ``python run_server.py --config PATH process NAME``, the same command
 ``supervisord.conf`` runs, so both ways of deploying behave alike. A
 process that exits while the group is running is restarted after a
 delay that doubles while it keeps failing fast (1 s up to 30 s); its
@@ -80,8 +80,8 @@ class Supervisor:
         self.environment = {**os.environ, **environment}
         self.stopping = threading.Event()
         self.children = [
-            Child(name, [sys.executable, str(run_script), "process", name,
-                         "--config", str(config_path)])
+            Child(name, [sys.executable, str(run_script), "--config",
+                         str(config_path), "process", name])
             for name in process_names(config)
         ]
         self.worker: Worker | None = None
