@@ -4,7 +4,9 @@
   folders named in the configuration, so files added to them are picked
   up (ingesting is idempotent, so unchanged folders add nothing).
 - Every minute, ask the pipeline to drop finished requests whose
-  retention has passed.
+  retention has passed, ask the scanner to update the accounts whose
+  update is due, and to fetch again images whose fetch failed for a
+  transient reason.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class Maintenance:
                 next_ingest = now + rescan if rescan > 0 else float("inf")
             if now >= next_drop:
                 self._call(client, {"kind": "requests.drop_finished"})
+                self._call(client, {"kind": "images.retry"}, service="scanner",
+                           timeout_secs=3600.0)
+                self._call(client, {"kind": "accounts.update_due",
+                                    "interval_secs": DROP_FINISHED_EVERY_SECS},
+                           service="scanner", timeout_secs=3600.0)
                 next_drop = now + DROP_FINISHED_EVERY_SECS
             self.stopped.wait(1.0)
 
@@ -65,9 +72,10 @@ class Maintenance:
             elif reply:
                 log.error("cannot ingest %s: %s", path, reply.get("message"))
 
-    def _call(self, client, body: dict) -> dict | None:
+    def _call(self, client, body: dict, service: str = "pipeline",
+              timeout_secs: float = 30.0) -> dict | None:
         try:
-            return client.request("pipeline", body, timeout_secs=30.0)
+            return client.request(service, body, timeout_secs=timeout_secs)
         except BrokerError as error:
             log.warning("%s failed: %s", body["kind"], error)
             return None

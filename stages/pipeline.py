@@ -336,6 +336,8 @@ class Pipeline:
 
     def _retention(self, request: dict) -> float:
         keep = self.config.requests
+        if "account_id" in request and "handle" in request:
+            return self.config.scans.keep_finished_secs
         error = request.get("error")
         if error is None:
             return keep.keep_finished_secs

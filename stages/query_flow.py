@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from broker.client import BrokerError, thread_client
 from broker.worker import HandlerError
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 # The artist may post on X some days after the artwork site.
 UPDATE_MARGIN_SECS = 7 * 24 * 3600.0
 STEP_TIMEOUT_SECS = 120.0
+# A rate-limited lookup or scan is tried again after the limit resets, this
+# many times, waiting at most MAX_RATE_LIMIT_WAIT_SECS each time.
+RATE_LIMIT_ATTEMPTS = 3
+MAX_RATE_LIMIT_WAIT_SECS = 900.0
 # Stage failure codes shown to users under the earlier system's code.
 PUBLIC_CODES = {"SITE_ERROR": "PROCESSING_ERROR", "IMAGE_TOO_LARGE": "QUERY_IMAGE_TOO_BIG"}
 SCAN_TIMEOUT_SECS = 3600.0
@@ -136,9 +141,9 @@ class QueryFlow:
     def _valid_accounts(self, handles: list[str], client, request) -> list[dict]:
         accounts = []
         for handle in handles[:20]:
-            reply = client.request("scanner", {"kind": "account.lookup",
-                                               "handle": handle},
-                                   timeout_secs=STEP_TIMEOUT_SECS)
+            reply = self._scanner_call(client, {"kind": "account.lookup",
+                                                "handle": handle},
+                                       STEP_TIMEOUT_SECS, request)
             if reply.get("ok"):
                 if all(a["account_id"] != reply["account_id"] for a in accounts):
                     accounts.append(reply)
@@ -165,10 +170,10 @@ class QueryFlow:
             if first_time:
                 request["has_first_time_scan"] = True
                 self.pipeline.state.save_request(request_key, "query", request)
-            reply = client.request("scanner", {
+            reply = self._scanner_call(client, {
                 "kind": "account.scan", "account_id": int(account["account_id"]),
                 "handle": account["handle"],
-            }, timeout_secs=SCAN_TIMEOUT_SECS)
+            }, SCAN_TIMEOUT_SECS, request)
             if reply.get("ok") or not first_time:
                 # An update that failed still leaves the older tweets searchable.
                 searchable.append(account)
@@ -180,6 +185,20 @@ class QueryFlow:
                        "no account of the artist could be indexed")
             raise _Stop()
         return searchable
+
+    def _scanner_call(self, client, body: dict, timeout_secs: float, request):
+        """Send a request to the scanner, waiting out X API rate limits."""
+        for _attempt in range(RATE_LIMIT_ATTEMPTS):
+            reply = client.request("scanner", body, timeout_secs=timeout_secs)
+            if reply.get("code") != "RATE_LIMITED":
+                return reply
+            wait = min(max(0.0, float(reply.get("reset_at") or 0) - time.time()) + 1,
+                       MAX_RATE_LIMIT_WAIT_SECS)
+            log.info("%s rate limited, trying again in %.0f s", body["kind"], wait)
+            request["message"] = f"waiting {wait:.0f} s for the X API rate limit"
+            time.sleep(wait)
+            request["message"] = None
+        return reply
 
     def _call(self, client, service: str, body: dict, request: dict) -> dict:
         reply = client.request(service, body, timeout_secs=STEP_TIMEOUT_SECS)

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 SCAN_WAIT_SECS = 3600.0
 IMAGE_TIMEOUT_SECS = 300.0
+# Failed image fetches: first retry after RETRY_BASE_SECS * 2, then doubling.
+RETRY_BASE_SECS = 300.0
+MAX_IMAGE_ATTEMPTS = 6
+RETRY_BATCH = 200
 
 
 def make_source(config: Config):
@@ -215,6 +219,70 @@ class Scanner:
             raise HandlerError("TIMED_OUT", f"{len(pending)} images of a page were "
                                f"not indexed within {IMAGE_TIMEOUT_SECS:.0f} s")
 
+    # Periodic work, asked for by the maintenance stage
+
+    def handle_update_due(self, body: dict[str, Any], context: RequestContext):
+        """Scan the accounts whose last update is older than the update period.
+
+        At most ``ceil(accounts * interval / period)`` accounts are scanned
+        per call, the oldest first, so updates spread evenly over the period.
+        """
+        if self.source is None:
+            return {"scanned": []}
+        period = self.config.scans.update_every_days * 86400.0
+        interval = float(body.get("interval_secs") or 60.0)
+        accounts = [a for a in self.store().list_accounts()
+                    if a["first_scan_done"] and a["state"] == "ok"]
+        due = sorted((a for a in accounts
+                      if (a["last_update_at"] or 0) + period <= time.time()),
+                     key=lambda a: a["last_update_at"] or 0)
+        budget = max(1, -(-len(accounts) * int(interval) // int(max(period, 1))))
+        scanned = []
+        for account in due[:budget]:
+            try:
+                self.handle_scan({"account_id": account["id"],
+                                  "handle": account["handle"]}, context)
+                scanned.append(account["handle"])
+            except HandlerError as error:
+                log.warning("update of @%s failed: %s %s", account["handle"],
+                            error.code, error)
+                if error.code == "RATE_LIMITED":
+                    break
+        return {"scanned": scanned}
+
+    def handle_retry_images(self, body: dict[str, Any], context: RequestContext):
+        """Index again the images whose fetch failed for a transient reason.
+
+        Each failure doubles the wait before the next attempt; after
+        ``MAX_IMAGE_ATTEMPTS`` the failure becomes permanent.
+        """
+        store = self.store()
+        now = time.time()
+        rows = [row for row in store.failed_images()
+                if not row["permanent"] and (row["next_attempt_at"] or 0) <= now]
+        client = context.client()
+        retried = stored = 0
+        for row in rows[:RETRY_BATCH]:
+            retried += 1
+            account = store.get_account(row["account_id"]) or {}
+            reply = client.request("indexer", {
+                "kind": "image.index", "tweet_id": row["tweet_id"],
+                "position": row["position"], "image_count": row["position"],
+                "account_id": row["account_id"], "handle": account.get("handle"),
+                "location": row["location"], "is_file": False, "source": "retry",
+            }, timeout_secs=IMAGE_TIMEOUT_SECS)
+            if reply.get("ok"):
+                stored += 1
+                continue
+            attempts = row["attempts"] + 1
+            permanent = attempts >= MAX_IMAGE_ATTEMPTS or reply.get("permanent")
+            store.record_failed_image(
+                row["tweet_id"], row["position"], row["account_id"], row["location"],
+                reply.get("message", ""), bool(permanent),
+                retry_after_secs=RETRY_BASE_SECS * 2 ** attempts,
+            )
+        return {"retried": retried, "stored": stored}
+
     def handle_status(self, body: dict[str, Any], context: RequestContext) -> dict:
         with self.lock:
             running = {str(k): dict(v.progress) for k, v in self.scans.items()}
@@ -238,4 +306,6 @@ def handlers(config: Config) -> dict:
         "account.lookup": scanner.handle_lookup,
         "account.scan": scanner.handle_scan,
         "scanner.status": scanner.handle_status,
+        "accounts.update_due": scanner.handle_update_due,
+        "images.retry": scanner.handle_retry_images,
     }

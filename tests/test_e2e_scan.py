@@ -178,8 +178,11 @@ def test_rate_limited_scan_reports_state(service, fake):
     fake.rate_limit_next_calls(3, reset_in_secs=120)
 
     started = time.monotonic()
-    reply = scan(service, "limited_artist", timeout=60)
-    status = service.call("scanner", {"kind": "scanner.status"})
+    try:
+        reply = scan(service, "limited_artist", timeout=60)
+        status = service.call("scanner", {"kind": "scanner.status"})
+    finally:
+        fake.rate_limit_next_calls(0)
 
     assert time.monotonic() - started < 30
     assert reply["ok"] is False
@@ -218,3 +221,41 @@ def test_query_uses_valid_account_only(tmp_path, fake):
     assert [a["account_name"] for a in reply["twitter_accounts"]] == ["kestrel_inks"]
     assert reply["has_first_time_scan"] is True
     assert reply["results"][0]["tweet_id"] == str(tweet.tweet_id)
+
+
+def test_due_account_updated_by_maintenance_call(service, fake):
+    user = fake.user_by_handle("kestrel_inks")
+    assert scan(service, "kestrel_inks")["ok"]
+    before = len(stored_keys(service, user.user_id))
+    fake.add_tweet("kestrel_inks", sorted(MUSEUM.glob("*.png"))[5:6])
+    connection = sqlite3.connect(service.config.database_path)
+    connection.execute("UPDATE accounts SET last_update_at = 0 WHERE id = ?",
+                       (user.user_id,))
+    connection.commit()
+    connection.close()
+
+    reply = service.call("scanner", {"kind": "accounts.update_due",
+                                     "interval_secs": 60}, timeout_secs=300)
+
+    assert "kestrel_inks" in reply["scanned"]
+    assert len(stored_keys(service, user.user_id)) == before + 1
+
+
+def test_transient_failure_retried(service, fake):
+    user = fake.user_by_handle("mizuiro_brush")
+    tweet = fake.add_tweet("mizuiro_brush", sorted(MUSEUM.glob("*.png"))[6:7])
+    media = tweet.media[0]
+    url = f"{fake.base_url}/media/{media.name}?format={media.extension}&name=orig"
+    connection = sqlite3.connect(service.config.database_path)
+    connection.execute(
+        "INSERT INTO failed_images (tweet_id, position, account_id, location, error,"
+        " permanent, attempts, next_attempt_at, failed_at) "
+        "VALUES (?, 1, ?, ?, 'HTTP status 503', 0, 1, 0, 0)",
+        (tweet.tweet_id, user.user_id, url))
+    connection.commit()
+    connection.close()
+
+    reply = service.call("scanner", {"kind": "images.retry"}, timeout_secs=300)
+
+    assert reply["stored"] >= 1
+    assert (tweet.tweet_id, 1) in stored_keys(service, user.user_id)
