@@ -28,6 +28,12 @@ DEMO_ARCHIVE = PROJECT_ROOT / "demo_archive"
 
 log = logging.getLogger("run_server")
 
+# Request kinds answered in a worker's socket thread: they only read memory
+# or one SQLite row, so they never wait on another service.
+INLINE_KINDS = {
+    "pipeline": frozenset({"search.get", "ingest.get", "ingest.progress"}),
+}
+
 
 def run_one_process(name: str, config) -> int:
     """Run the process ``name`` of the group in this OS process."""
@@ -48,7 +54,8 @@ def run_one_process(name: str, config) -> int:
     from broker.worker import Worker
 
     service, handlers, capacity, on_stop = _stage(name, config)
-    worker = Worker(service, handlers, config.broker, capacity=capacity)
+    worker = Worker(service, handlers, config.broker, capacity=capacity,
+                    inline_kinds=INLINE_KINDS.get(service, frozenset()))
 
     def stop():
         worker.stop()

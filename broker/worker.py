@@ -68,9 +68,13 @@ class Worker:
         handlers: dict[str, Handler],
         config: BrokerConfig,
         capacity: int = 1,
+        inline_kinds: frozenset[str] = frozenset(),
     ):
         self.service = service
         self.handlers = handlers
+        # Kinds cheap enough to run in the socket thread, which saves two
+        # thread hand-offs per request; they must never block.
+        self.inline_kinds = inline_kinds
         self.config = config
         self.capacity = capacity
         self.context = zmq.Context.instance()
@@ -169,9 +173,25 @@ class Worker:
     # Handling
 
     def _start(self, client: bytes, request_id: bytes, body: bytes) -> None:
+        if self.inline_kinds and self._run_inline(client, request_id, body):
+            return
         slot = self._slots.get_nowait() if not self._slots.empty() else -1
         generation = self.generation
         self._pool.submit(self._handle, client, request_id, body, slot, generation)
+
+    def _run_inline(self, client: bytes, request_id: bytes, raw_body: bytes) -> bool:
+        """Handle an inline kind in this thread; return False for other kinds."""
+        try:
+            kind = protocol.unpack(raw_body).get("kind")
+        except ValueError:
+            return False
+        if kind not in self.inline_kinds:
+            return False
+        reply = self._call_handler(raw_body, RequestContext(self, -1))
+        self.socket.send_multipart([
+            protocol.WORKER, protocol.REPLY, client, request_id, protocol.pack(reply),
+        ])
+        return True
 
     def _handle(self, client, request_id, raw_body, slot, generation) -> None:
         context = RequestContext(self, slot)

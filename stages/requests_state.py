@@ -8,11 +8,15 @@ indexers for the image database's write lock.
 
 from __future__ import annotations
 
+import collections
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
+
+# Recently written requests kept in memory, so status polls skip SQLite.
+CACHED_REQUESTS = 10000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -43,12 +47,17 @@ class RequestsState:
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=NORMAL")
         self.connection.executescript(SCHEMA)
+        self.cache: collections.OrderedDict[str, dict] = collections.OrderedDict()
 
     # Requests
 
     def save_request(self, key: str, kind: str, document: dict) -> None:
         finished = time.time() if document.get("status") == "END" else None
         with self.lock:
+            self.cache[key] = json.loads(json.dumps(document))
+            self.cache.move_to_end(key)
+            if len(self.cache) > CACHED_REQUESTS:
+                self.cache.popitem(last=False)
             self.connection.execute(
                 "INSERT INTO requests (key, kind, document, finished_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
@@ -60,6 +69,9 @@ class RequestsState:
 
     def load_request(self, key: str) -> dict | None:
         with self.lock:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return json.loads(json.dumps(cached))
             row = self.connection.execute(
                 "SELECT document FROM requests WHERE key = ?", (key,)
             ).fetchone()
@@ -100,6 +112,7 @@ class RequestsState:
             ]
             for key in expired:
                 self.connection.execute("DELETE FROM requests WHERE key = ?", (key,))
+                self.cache.pop(key, None)
         return len(expired)
 
     # Ingest jobs
