@@ -101,8 +101,7 @@ def run_minimal_echo_worker(endpoint: str) -> None:
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(endpoint)
     announcement = {"service": "echo", "pid": os.getpid(), "capacity": WINDOW}
-    socket.send_multipart([protocol.WORKER, protocol.READY,
-                           protocol.pack(announcement)])
+    socket.send_multipart([protocol.WORKER_READY, protocol.pack(announcement)])
     running = True
 
     def stop(*_args):
@@ -113,16 +112,15 @@ def run_minimal_echo_worker(endpoint: str) -> None:
     next_heartbeat = time.monotonic()
     while running:
         if time.monotonic() >= next_heartbeat:
-            socket.send_multipart([protocol.WORKER, protocol.HEARTBEAT,
+            socket.send_multipart([protocol.WORKER_HEARTBEAT,
                                    protocol.pack({"activity": []})])
             next_heartbeat = time.monotonic() + 0.5
         if not socket.poll(100):
             continue
         frames = socket.recv_multipart()
-        if len(frames) == 5 and frames[1] == protocol.REQUEST:
-            socket.send_multipart([protocol.WORKER, protocol.REPLY, frames[2],
-                                   frames[3], frames[4]])
-    socket.send_multipart([protocol.WORKER, protocol.DISCONNECT])
+        if len(frames) == 3 and frames[0] == protocol.WORKER_REQUEST:
+            socket.send_multipart([protocol.WORKER_REPLY, frames[1], frames[2]])
+    socket.send_multipart([protocol.WORKER_DISCONNECT])
     socket.close()
     context.term()
 

@@ -24,6 +24,9 @@ from broker.config import BrokerConfig
 
 log = logging.getLogger(__name__)
 
+# Expired workers and timed-out requests are looked for this often.
+HOUSEKEEPING_INTERVAL_SECS = 0.1
+
 
 @dataclass
 class PendingRequest:
@@ -69,6 +72,7 @@ class Broker:
         self.interval = config.heartbeat_interval_secs
         self.next_heartbeat = time.monotonic() + self.interval
         self.dropped_frames = 0
+        self.next_check = 0.0
 
     def stop(self, *_args) -> None:
         self.running = False
@@ -89,30 +93,32 @@ class Broker:
                     self._dispatch_frames(frames)
             self._housekeeping()
         for worker in list(self.workers.values()):
-            self._send(worker.identity, [protocol.WORKER, protocol.DISCONNECT])
+            self._send(worker.identity, [protocol.WORKER_DISCONNECT])
         self.socket.close()
         log.info("broker stopped")
 
     # Incoming frames
 
     def _dispatch_frames(self, frames: list[bytes]) -> None:
-        if len(frames) < 3:
+        if len(frames) < 2:
             self.dropped_frames += 1
             return
-        sender, header, command = frames[0], frames[1], frames[2]
-        if header == protocol.CLIENT and command == protocol.REQUEST and len(frames) == 6:
-            self._on_client_request(sender, frames[3], frames[4], frames[5])
-        elif header == protocol.WORKER:
-            self._on_worker_frames(sender, command, frames[3:])
+        sender, command = frames[0], frames[1]
+        if command == protocol.CLIENT_REQUEST and len(frames) == 4:
+            self._on_client_request(sender, frames[2], frames[3])
+        elif command[:1] == b"W":
+            self._on_worker_frames(sender, command, frames[2:])
         else:
             self.dropped_frames += 1
             log.warning("dropped malformed message from %s (%d frames)",
                         sender.hex(), len(frames))
 
-    def _on_client_request(
-        self, client: bytes, request_id: bytes, service: bytes, body: bytes
-    ) -> None:
-        name = service.decode("utf-8", "replace")
+    def _on_client_request(self, client: bytes, route: bytes, body: bytes) -> None:
+        try:
+            name, request_id = protocol.split_route(route)
+        except ValueError:
+            self.dropped_frames += 1
+            return
         if name == protocol.BROKER_SERVICE:
             self._answer_broker_request(client, request_id, body)
             return
@@ -122,24 +128,24 @@ class Broker:
 
     def _on_worker_frames(self, identity: bytes, command: bytes, rest: list) -> None:
         worker = self.workers.get(identity)
-        if command == protocol.READY and rest:
+        if command == protocol.WORKER_READY and rest:
             self._on_ready(identity, rest[0])
             return
         if worker is None:
             # A worker the broker does not know (for example after a broker
             # restart) is told to announce itself again.
-            self._send(identity, [protocol.WORKER, protocol.DISCONNECT])
+            self._send(identity, [protocol.WORKER_DISCONNECT])
             return
         worker.expires_at = self._expiry()
-        if command == protocol.HEARTBEAT:
+        if command == protocol.WORKER_REPLY and len(rest) == 2:
+            self._on_reply(worker, rest[0], rest[1])
+        elif command == protocol.WORKER_HEARTBEAT:
             if rest:
                 try:
                     worker.activity = protocol.unpack(rest[0]).get("activity", [])
                 except ValueError:
                     pass
-        elif command == protocol.REPLY and len(rest) == 3:
-            self._on_reply(worker, rest[0], rest[1], rest[2])
-        elif command == protocol.DISCONNECT:
+        elif command == protocol.WORKER_DISCONNECT:
             self._remove_worker(worker, reason="disconnected")
 
     def _on_ready(self, identity: bytes, body: bytes) -> None:
@@ -160,16 +166,20 @@ class Broker:
         log.info("worker pid %d ready for %s (capacity %d)", pid, service, capacity)
         self._dispatch(service)
 
-    def _on_reply(
-        self, worker: WorkerEntry, client: bytes, request_id: bytes, body: bytes
-    ) -> None:
+    def _on_reply(self, worker: WorkerEntry, ticket: bytes, body: bytes) -> None:
+        try:
+            client, request_id = protocol.split_ticket(ticket)
+        except ValueError:
+            self.dropped_frames += 1
+            return
         request = worker.held.pop((client, request_id), None)
         if request is None:
             # Late reply to a request that was already redelivered or failed.
             log.debug("dropped late reply from pid %d", worker.pid)
             return
-        self._send(client, [protocol.CLIENT, protocol.REPLY, request_id, body])
-        self._dispatch(worker.service)
+        self._send(client, [protocol.CLIENT_REPLY, request_id, body])
+        if self.services[worker.service].waiting:
+            self._dispatch(worker.service)
 
     # Routing
 
@@ -191,8 +201,9 @@ class Broker:
             # Move the worker to the end so the longest-waiting one goes first.
             service.workers.move_to_end(worker.identity)
             self._send(worker.identity, [
-                protocol.WORKER, protocol.REQUEST, request.client,
-                request.request_id, request.body,
+                protocol.WORKER_REQUEST,
+                protocol.make_ticket(request.client, request.request_id),
+                request.body,
             ])
 
     def _free_worker(self, service: Service) -> WorkerEntry | None:
@@ -227,11 +238,11 @@ class Broker:
     def _fail(self, request: PendingRequest, code: str, message: str) -> None:
         body = protocol.pack(protocol.failure(code, message))
         self._send(request.client,
-                   [protocol.CLIENT, protocol.FAILURE, request.request_id, body])
+                   [protocol.CLIENT_FAILURE, request.request_id, body])
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
         try:
-            self.socket.send_multipart([identity, *frames], zmq.NOBLOCK)
+            protocol.send_frames(self.socket, [identity, *frames])
         except zmq.ZMQError as error:
             # The peer is gone (ROUTER_MANDATORY) or its queue is full.
             log.debug("cannot send to %s: %s", identity.hex(), error)
@@ -243,11 +254,14 @@ class Broker:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + HOUSEKEEPING_INTERVAL_SECS
         for worker in [w for w in self.workers.values() if w.expires_at < now]:
             self._remove_worker(worker, reason="missed its heartbeats")
         if now >= self.next_heartbeat:
             for worker in self.workers.values():
-                self._send(worker.identity, [protocol.WORKER, protocol.HEARTBEAT])
+                self._send(worker.identity, [protocol.WORKER_HEARTBEAT])
             self.next_heartbeat = now + self.interval
             self._expire_waiting(now)
 
@@ -274,8 +288,7 @@ class Broker:
                 reply = {"ok": True, "queues": self._describe_queues()}
             else:
                 reply = protocol.failure("BAD_REQUEST", f"unknown kind {kind!r}")
-        self._send(client, [protocol.CLIENT, protocol.REPLY, request_id,
-                            protocol.pack(reply)])
+        self._send(client, [protocol.CLIENT_REPLY, request_id, protocol.pack(reply)])
 
     def _describe_workers(self) -> list[dict]:
         return [

@@ -49,8 +49,8 @@ class BrokerClient:
     def send(self, service: str, body: dict[str, Any]) -> bytes:
         """Send a request without waiting; return its request id."""
         request_id = self._prefix + str(next(self._ids)).encode()
-        self.socket.send_multipart([
-            protocol.CLIENT, protocol.REQUEST, request_id, service.encode(),
+        protocol.send_frames(self.socket, [
+            protocol.CLIENT_REQUEST, protocol.make_route(service, request_id),
             protocol.pack(body),
         ])
         return request_id
@@ -65,14 +65,10 @@ class BrokerClient:
             return request_id, self._early.pop(request_id)
         if not self.socket.poll(int(timeout_secs * 1000), zmq.POLLIN):
             return None
-        frames = self.socket.recv_multipart()
-        if len(frames) != 4 or frames[0] != protocol.CLIENT:
+        received = self._read()
+        if received is None:
             return self.receive(0)
-        try:
-            body = protocol.unpack(frames[3])
-        except ValueError as error:
-            body = protocol.failure("BAD_REPLY", str(error))
-        return frames[2], body
+        return received
 
     def request(
         self, service: str, body: dict[str, Any], timeout_secs: float = 60.0
@@ -109,13 +105,17 @@ class BrokerClient:
     def _receive_socket(self, timeout_secs: float):
         if not self.socket.poll(int(timeout_secs * 1000), zmq.POLLIN):
             return None
+        return self._read()
+
+    def _read(self) -> tuple[bytes, dict[str, Any]] | None:
         frames = self.socket.recv_multipart()
-        if len(frames) != 4 or frames[0] != protocol.CLIENT:
+        if len(frames) != 3 or frames[0] not in (protocol.CLIENT_REPLY,
+                                                 protocol.CLIENT_FAILURE):
             return None
         try:
-            return frames[2], protocol.unpack(frames[3])
+            return frames[1], protocol.unpack(frames[2])
         except ValueError as error:
-            return frames[2], protocol.failure("BAD_REPLY", str(error))
+            return frames[1], protocol.failure("BAD_REPLY", str(error))
 
 
 _local = threading.local()

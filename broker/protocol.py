@@ -2,23 +2,29 @@
 
 Every process connects a ZeroMQ DEALER socket to the broker's ROUTER
 socket. The ROUTER prepends the peer's identity frame on receipt and
-strips it on send, so the frames below are as seen by the peer.
+strips it on send, so the frames below are as seen by the peer. The first
+frame is the command: a role byte (``C`` client, ``W`` worker), a command
+byte and the protocol version byte.
 
-Client frames (``CLIENT`` header)::
+Client frames::
 
-    client -> broker   [CLIENT, REQUEST, request_id, service, body]
-    broker -> client   [CLIENT, REPLY,   request_id, body]
-    broker -> client   [CLIENT, FAILURE, request_id, body]
+    client -> broker   [CLIENT_REQUEST, route, body]    route: service NUL request_id
+    broker -> client   [CLIENT_REPLY,   request_id, body]
+    broker -> client   [CLIENT_FAILURE, request_id, body]
 
-Worker frames (``WORKER`` header)::
+Worker frames::
 
-    worker -> broker   [WORKER, READY,     body]   body: service, pid, capacity
-    worker -> broker   [WORKER, HEARTBEAT, body]   body: activity (list of str)
-    worker -> broker   [WORKER, REPLY,     client_identity, request_id, body]
-    worker -> broker   [WORKER, DISCONNECT]
-    broker -> worker   [WORKER, REQUEST,   client_identity, request_id, body]
-    broker -> worker   [WORKER, HEARTBEAT]
-    broker -> worker   [WORKER, DISCONNECT]  (unknown worker: send READY again)
+    worker -> broker   [WORKER_READY,      body]    body: service, pid, capacity
+    worker -> broker   [WORKER_HEARTBEAT,  body]    body: activity (list of str)
+    worker -> broker   [WORKER_REPLY,      ticket, body]
+    worker -> broker   [WORKER_DISCONNECT]
+    broker -> worker   [WORKER_REQUEST,    ticket, body]
+    broker -> worker   [WORKER_HEARTBEAT]
+    broker -> worker   [WORKER_DISCONNECT]  (unknown worker: send READY again)
+
+A ``ticket`` is one byte giving the length of the client's identity, the
+identity, then the request id; the worker sends it back unchanged. Few
+frames per message keep the broker's per-message cost low.
 
 ``request_id`` is chosen by the client and unique among its pending
 requests. ``body`` is one msgpack map. Request bodies name their
@@ -43,16 +49,23 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import zmq
 
-CLIENT = b"A2T-C1"
-WORKER = b"A2T-W1"
+# pyzmq's send_multipart combines flag enums for every frame, which costs
+# more than the send itself for small frames; plain int flags avoid that.
+_SEND = zmq.backend.Socket.send
+_MORE = int(zmq.SNDMORE) | int(zmq.DONTWAIT)
+_LAST = int(zmq.DONTWAIT)
 
-READY = b"\x01"
-REQUEST = b"\x02"
-REPLY = b"\x03"
-HEARTBEAT = b"\x04"
-DISCONNECT = b"\x05"
-FAILURE = b"\x06"
+VERSION = b"\x02"
+CLIENT_REQUEST = b"C\x01" + VERSION
+CLIENT_REPLY = b"C\x02" + VERSION
+CLIENT_FAILURE = b"C\x03" + VERSION
+WORKER_READY = b"W\x01" + VERSION
+WORKER_REQUEST = b"W\x02" + VERSION
+WORKER_REPLY = b"W\x03" + VERSION
+WORKER_HEARTBEAT = b"W\x04" + VERSION
+WORKER_DISCONNECT = b"W\x05" + VERSION
 
 BROKER_SERVICE = "broker"
 
@@ -99,6 +112,37 @@ KINDS: dict[str, dict[str, str]] = {
         "index.sync": "-> size: int, max_id: int",
     },
 }
+
+
+def send_frames(socket: zmq.Socket, frames: list[bytes]) -> None:
+    """Send a multipart message without blocking; raise zmq.ZMQError on failure."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        _SEND(socket, frame, _MORE if index < last else _LAST)
+
+
+def make_route(service: str, request_id: bytes) -> bytes:
+    return service.encode() + b"\0" + request_id
+
+
+def split_route(route: bytes) -> tuple[str, bytes]:
+    """Return (service, request id) of a client route; raise ValueError if bad."""
+    service, separator, request_id = route.partition(b"\0")
+    if not separator or not service or not request_id:
+        raise ValueError("malformed route frame")
+    return service.decode("utf-8", "replace"), request_id
+
+
+def make_ticket(client: bytes, request_id: bytes) -> bytes:
+    return bytes((len(client),)) + client + request_id
+
+
+def split_ticket(ticket: bytes) -> tuple[bytes, bytes]:
+    """Return (client identity, request id) of a ticket; raise ValueError if bad."""
+    if not ticket or len(ticket) < ticket[0] + 2:
+        raise ValueError("malformed ticket frame")
+    length = ticket[0]
+    return ticket[1 : 1 + length], ticket[1 + length :]
 
 
 def pack(body: dict[str, Any]) -> bytes:

@@ -103,7 +103,7 @@ class Worker:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(self.config.endpoint)
         body = {"service": self.service, "pid": os.getpid(), "capacity": self.capacity}
-        self.socket.send_multipart([protocol.WORKER, protocol.READY, protocol.pack(body)])
+        self.socket.send_multipart([protocol.WORKER_READY, protocol.pack(body)])
         self.generation = next(self._generation)
         self.broker_expires_at = self._expiry()
 
@@ -142,7 +142,7 @@ class Worker:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._forward_replies()
         if self.socket is not None:
-            self.socket.send_multipart([protocol.WORKER, protocol.DISCONNECT])
+            self.socket.send_multipart([protocol.WORKER_DISCONNECT])
             self.socket.close()
         self._done_pull.close()
         log.info("stopped serving %s", self.service)
@@ -150,7 +150,7 @@ class Worker:
     def _heartbeat(self) -> None:
         activity = [text for text in self.activity.values() if text]
         self.socket.send_multipart([
-            protocol.WORKER, protocol.HEARTBEAT, protocol.pack({"activity": activity}),
+            protocol.WORKER_HEARTBEAT, protocol.pack({"activity": activity}),
         ])
 
     def _read_broker(self) -> None:
@@ -160,26 +160,24 @@ class Worker:
             except zmq.Again:
                 return
             self.broker_expires_at = self._expiry()
-            if len(frames) < 2 or frames[0] != protocol.WORKER:
-                continue
-            command = frames[1]
-            if command == protocol.REQUEST and len(frames) == 5:
-                self._start(frames[2], frames[3], frames[4])
-            elif command == protocol.DISCONNECT:
+            command = frames[0]
+            if command == protocol.WORKER_REQUEST and len(frames) == 3:
+                self._start(frames[1], frames[2])
+            elif command == protocol.WORKER_DISCONNECT:
                 log.info("broker asked to announce again")
                 self._connect()
                 return
 
     # Handling
 
-    def _start(self, client: bytes, request_id: bytes, body: bytes) -> None:
-        if self.inline_kinds and self._run_inline(client, request_id, body):
+    def _start(self, ticket: bytes, body: bytes) -> None:
+        if self.inline_kinds and self._run_inline(ticket, body):
             return
         slot = self._slots.get_nowait() if not self._slots.empty() else -1
         generation = self.generation
-        self._pool.submit(self._handle, client, request_id, body, slot, generation)
+        self._pool.submit(self._handle, ticket, body, slot, generation)
 
-    def _run_inline(self, client: bytes, request_id: bytes, raw_body: bytes) -> bool:
+    def _run_inline(self, ticket: bytes, raw_body: bytes) -> bool:
         """Handle an inline kind in this thread; return False for other kinds."""
         try:
             kind = protocol.unpack(raw_body).get("kind")
@@ -188,12 +186,12 @@ class Worker:
         if kind not in self.inline_kinds:
             return False
         reply = self._call_handler(raw_body, RequestContext(self, -1))
-        self.socket.send_multipart([
-            protocol.WORKER, protocol.REPLY, client, request_id, protocol.pack(reply),
-        ])
+        protocol.send_frames(
+            self.socket, [protocol.WORKER_REPLY, ticket, protocol.pack(reply)]
+        )
         return True
 
-    def _handle(self, client, request_id, raw_body, slot, generation) -> None:
+    def _handle(self, ticket, raw_body, slot, generation) -> None:
         context = RequestContext(self, slot)
         try:
             reply = self._call_handler(raw_body, context)
@@ -205,9 +203,7 @@ class Worker:
         if pusher is None:
             pusher = self._pushers.socket = self.context.socket(zmq.PUSH)
             pusher.connect(self._done_endpoint)
-        pusher.send_multipart([
-            str(generation).encode(), client, request_id, protocol.pack(reply),
-        ])
+        pusher.send_multipart([str(generation).encode(), ticket, protocol.pack(reply)])
 
     def _call_handler(self, raw_body: bytes, context: RequestContext) -> dict:
         try:
@@ -237,18 +233,14 @@ class Worker:
     def _forward_replies(self) -> None:
         while True:
             try:
-                generation, client, request_id, body = self._done_pull.recv_multipart(
-                    zmq.NOBLOCK
-                )
+                generation, ticket, body = self._done_pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if int(generation) != self.generation:
                 # The request came over a connection that was replaced; the
                 # broker has already redelivered or failed it.
                 continue
-            self.socket.send_multipart(
-                [protocol.WORKER, protocol.REPLY, client, request_id, body]
-            )
+            protocol.send_frames(self.socket, [protocol.WORKER_REPLY, ticket, body])
 
 
 def serve(
