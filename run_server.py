@@ -80,10 +80,12 @@ def _stage(name: str, config):
         from stages import indexer
 
         return "indexer", indexer.handlers(config), 1, None
-    if name == "searcher":
+    if name.startswith("searcher"):
         from stages import searcher
 
-        handlers, instance = searcher.build(config)
+        # One searcher writes the index file; the others only read it.
+        handlers, instance = searcher.build(config, persist=name in ("searcher",
+                                                                    "searcher-1"))
         return "searcher", handlers, 1, instance.close
     if name == "maintenance":
         from stages import maintenance

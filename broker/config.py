@@ -45,6 +45,8 @@ class BrokerConfig:
 @dataclass(frozen=True)
 class StagesConfig:
     indexers: int = 2
+    # Each searcher process holds its own copy of the FAISS index in memory.
+    searchers: int = 1
     ingest_window: int = 16
 
 

@@ -52,8 +52,9 @@ class Child:
 
 def process_names(config: Config) -> list[str]:
     """Return the processes of the group, the broker first."""
-    names = ["broker", "pipeline", "lister", "searcher", "maintenance", "http",
-             "link_finder", "scanner"]
+    names = ["broker", "pipeline", "lister", "maintenance", "http", "link_finder",
+             "scanner"]
+    names += [f"searcher-{number}" for number in range(1, config.stages.searchers + 1)]
     names += [f"indexer-{number}" for number in range(1, config.stages.indexers + 1)]
     return names
 

@@ -40,8 +40,9 @@ SAVE_EVERY_SECS = 300.0
 class Searcher:
     """Handle ``image.search`` and ``index.sync`` requests."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, persist: bool = True):
         self.config = config
+        self.persist = persist
         self.store = Store(config.database_path)
         self.folder = config.data_folder / "faiss"
         self.lock = threading.Lock()
@@ -87,7 +88,8 @@ class Searcher:
                                  min_quality=self.config.matching.min_pdq_quality)
         log.info("built the FAISS index from SQLite: %d images in %.1f s",
                  len(index), time.monotonic() - started)
-        index.save(self.folder)
+        if self.persist:
+            index.save(self.folder)
         return index
 
     def sync(self) -> None:
@@ -102,6 +104,11 @@ class Searcher:
             self.save()
 
     def save(self) -> None:
+        if not self.persist:
+            self.index.compact()
+            self.saved_max_id = self.index.max_id
+            self.saved_at = time.monotonic()
+            return
         self.index.save(self.folder)
         self.saved_max_id = self.index.max_id
         self.saved_at = time.monotonic()
@@ -155,8 +162,8 @@ class Searcher:
                 self.save()
 
 
-def build(config: Config) -> tuple[dict, Searcher]:
-    searcher = Searcher(config)
+def build(config: Config, persist: bool = True) -> tuple[dict, Searcher]:
+    searcher = Searcher(config, persist)
     handlers = {
         "image.search": searcher.handle_search,
         "index.sync": searcher.handle_sync,
