@@ -1,10 +1,10 @@
 """Start, watch and restart the processes of the group.
 
-Each process is ``python run_server.py --config PATH process NAME``, the same command
-``supervisord.conf`` runs, so both ways of deploying behave alike. A
-process that exits while the group is running is restarted after a
-delay that doubles while it keeps failing fast (1 s up to 30 s); its
-exit status and the path of its crash log are logged.
+Each process is ``python run_server.py --config PATH process NAME``, the
+command ``supervisord.conf`` runs too, so both ways of deploying behave
+alike. A process that exits while the group is running is restarted
+after a delay, which doubles while it keeps failing fast (1 s up to
+30 s). Its exit status and the path of its crash log are logged.
 
 The supervisor also serves the ``supervisor`` service through the broker
 (kinds ``supervisor.processes`` and ``supervisor.stop``), which the

@@ -44,7 +44,7 @@ class HandlerError(Exception):
 
 
 class RequestContext:
-    """What a handler may use besides the request body."""
+    """Per-request helpers a handler may use besides the request body."""
 
     def __init__(self, worker: "Worker", slot: int):
         self._worker = worker
@@ -73,7 +73,8 @@ class Worker:
         self.service = service
         self.handlers = handlers
         # Kinds cheap enough to run in the socket thread, which saves two
-        # thread hand-offs per request; they must never block.
+        # thread hand-offs per request. Their handlers must not block, or
+        # heartbeats stop; nothing checks this.
         self.inline_kinds = inline_kinds
         self.config = config
         self.capacity = capacity
