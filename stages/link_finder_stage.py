@@ -6,7 +6,6 @@ the same timeouts, size cap, redirect cap and address rules.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -18,7 +17,7 @@ from stages.http_client import (
     ResponseTooLargeError,
     SafeHttpClient,
 )
-from stages.link_finder import LinkFinderError, LinkInBioConfig, find_artwork
+from stages.link_finder import LinkFinderError, find_artwork
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,13 @@ class LinkFinderStage:
     def __init__(self, config: Config):
         self.config = config
         self.http = SafeHttpClient(config.network)
-        self.link_in_bio = LinkInBioConfig(**dataclasses.asdict(config.link_in_bio))
 
     def handle_find(self, body: dict[str, Any], context: RequestContext) -> dict:
         url = str(body.get("url", ""))
         context.set_activity(f"finding {url[:120]}")
         try:
             info = find_artwork(url, self.config.sites, self.http,
-                                link_in_bio=self.link_in_bio,
+                                link_in_bio=self.config.link_in_bio,
                                 max_chars=self.config.http.max_url_chars)
         except LinkFinderError as error:
             log.info("link finder: %s: %s", error.code, error)

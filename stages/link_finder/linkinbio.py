@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Callable, Iterable, Sequence
 
+from broker.config import LinkInBioConfig
 from stages.http_client import FetchError, HttpStatusError, SafeHttpClient
 
 from .handles import URL_IN_TEXT, HandleList, handles_in_text, parse_twitter_url
@@ -32,21 +33,6 @@ MAX_PAGE_BYTES = 4 * 1024 * 1024
 _NEXT_DATA = re.compile(
     r'<script[^>]*id="__NEXT_DATA__"[^>]*>(.*?)</script>', re.DOTALL | re.IGNORECASE
 )
-
-
-@dataclass(frozen=True)
-class LinkInBioConfig:
-    """URL templates of the link-in-bio pages; tests point them at fakes.
-
-    ``{name}`` is the user name from the link; for carrd ``{domain}`` is
-    one of carrd.co, crd.co or uwu.ai.
-    """
-
-    linktree: str = "https://linktr.ee/{name}"
-    litlink: str = "https://lit.link/{name}"
-    potofu: str = "https://api.potofu.me/users/{name}"
-    carrd: str = "https://{name}.{domain}/"
-    biolink: str = "https://bio.link/{name}"
 
 
 @dataclass(frozen=True)
