@@ -33,6 +33,11 @@ MAX_BYTES = 16 * 1024
 DESCRIPTOR_BYTES = 32
 MAX_STORED_KEYPOINTS = 320
 MAX_QUERY_KEYPOINTS = 700
+# FAST corner thresholds (grey levels). Queries use a lower one because
+# copies that were shrunk, then scaled up to the working size, are soft;
+# stored images keep the higher one, which is about 1 ms faster per image.
+STORED_FAST_THRESHOLD = 16
+QUERY_FAST_THRESHOLD = 12
 THUMBNAIL_LONG_SIDE = 128
 THUMBNAIL_JPEG_QUALITY = 90
 
@@ -95,6 +100,7 @@ def extract(
     grey: np.ndarray,
     source_long_side: int,
     max_keypoints: int = MAX_STORED_KEYPOINTS,
+    fast_threshold: int = STORED_FAST_THRESHOLD,
 ) -> Features:
     """Detect ORB keypoints on a working-size grey image and make its thumbnail.
 
@@ -102,7 +108,7 @@ def extract(
     scaled to the working size. The thumbnail is no larger than that, so
     an upscaled small image is not compared as if it held fine detail.
     """
-    orb = cv2.ORB_create(nfeatures=max_keypoints, fastThreshold=16)
+    orb = cv2.ORB_create(nfeatures=max_keypoints, fastThreshold=fast_threshold)
     keypoints, descriptors = orb.detectAndCompute(grey, None)
     if descriptors is None:
         points = np.zeros((0, 2), np.float32)

@@ -109,6 +109,7 @@ def describe_query(image: Image.Image) -> QueryDescription:
                 version.grey,
                 version.source_long_side,
                 local_features.MAX_QUERY_KEYPOINTS,
+                local_features.QUERY_FAST_THRESHOLD,
             )
         )
     return QueryDescription(np.stack(codes), min(qualities), tuple(features))
@@ -279,6 +280,10 @@ class Matcher:
         )
 
     def _unverified_match(self, image_id: int, distances: np.ndarray) -> Match:
+        # NOTE: describe_image stores no local features for images under the
+        # PDQ quality gate, so this path also judges flat stored images. It
+        # stays safe only while the index leaves them out (build_from_store
+        # with min_quality), because the matcher cannot see their quality.
         distance = int(distances.min())
         return Match(
             image_id=image_id,
