@@ -146,7 +146,7 @@ class MatchingConfig:
 
     max_pdq_distance: int = 31
     min_pdq_quality: int = 50
-    shortlist_size: int = 32
+    shortlist_size: int = 8
 
 
 @dataclass(frozen=True)
