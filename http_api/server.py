@@ -34,8 +34,22 @@ class ApiServer:
     def run(self) -> None:
         log.info("HTTP API listening on http://%s:%s", self.server.effective_host,
                  self.server.effective_port)
-        self.server.run()
-
-    def stop(self) -> None:
+        try:
+            self.server.run()
+        except _StopServing:
+            pass
         self.server.close()
         self.server.task_dispatcher.shutdown(timeout=5)
+        log.info("HTTP API stopped")
+
+    def stop(self) -> None:
+        """Stop serving; call it from a signal handler in the serving thread.
+
+        Closing the listening socket from the handler would leave waitress's
+        select() on a closed descriptor, so the loop is interrupted instead.
+        """
+        raise _StopServing()
+
+
+class _StopServing(BaseException):
+    """Raised in the serving thread to leave waitress's event loop."""

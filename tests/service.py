@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from broker.client import BrokerClient, BrokerError
+from broker.client import BrokerError, thread_client
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECS = 60.0
@@ -78,7 +78,6 @@ class RunningService:
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment,
         )
         self.base_url = f"http://127.0.0.1:{self.config.http.port}"
-        self.client = BrokerClient(self.config.broker.endpoint)
         try:
             self._wait_ready()
         except BaseException:
@@ -122,7 +121,9 @@ class RunningService:
         return status, data
 
     def call(self, service: str, body: dict, timeout_secs: float = 30.0) -> dict:
-        return self.client.request(service, body, timeout_secs=timeout_secs)
+        # One client per thread: a ZeroMQ socket must not be shared by threads.
+        client = thread_client(self.config.broker.endpoint)
+        return client.request(service, body, timeout_secs=timeout_secs)
 
     def workers(self) -> list[dict]:
         return self.call("broker", {"kind": "broker.workers"}, 5.0)["workers"]
@@ -153,5 +154,4 @@ class RunningService:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.client.close()
         self.log_file.close()

@@ -175,19 +175,26 @@ def test_not_found_account(service):
 def test_rate_limited_scan_reports_state(service, fake):
     fake.add_user("limited_artist", 991000)
     fake.add_tweet("limited_artist", sorted(MUSEUM.glob("*.png"))[4:5])
-    fake.rate_limit_next_calls(3, reset_in_secs=120)
+    fake.rate_limit_next_calls(3, reset_in_secs=8)
+    started_at = time.time()
 
     started = time.monotonic()
     try:
         reply = scan(service, "limited_artist", timeout=60)
         status = service.call("scanner", {"kind": "scanner.status"})
     finally:
+        # Later tests share the service: let the limit lapse first.
         fake.rate_limit_next_calls(0)
+        time.sleep(max(0.0, status_reset(service) - time.time()) + 0.5)
 
     assert time.monotonic() - started < 30
     assert reply["ok"] is False
     assert reply["code"] == "RATE_LIMITED"
-    assert status["rate_limited_until"] > time.time()
+    assert status["rate_limited_until"] > started_at + 4
+
+
+def status_reset(service) -> float:
+    return service.call("scanner", {"kind": "scanner.status"})["rate_limited_until"]
 
 
 def test_query_uses_valid_account_only(tmp_path, fake):
