@@ -129,10 +129,10 @@ def handle_unexpected(req, resp, error: Exception, params) -> None:
     if isinstance(error, falcon.HTTPError):
         # Falcon's own errors (404, 405, bad headers) keep their status, as JSON.
         resp.status = error.status
-        resp.media = error_document(
-            error.title.upper().replace(" ", "_") if error.title else "HTTP_ERROR",
-            error.description or error.title or "",
-        )
+        code = error.title.upper().replace(" ", "_") if error.title else "HTTP_ERROR"
+        resp.media = error_document(code, error.description or error.title or "")
+        for name, value in (error.headers or {}).items():
+            resp.set_header(name, value)
         return
     log.exception("unexpected error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
@@ -167,6 +167,9 @@ def create_app(config: Config) -> falcon.App:
     app.add_route("/search", SearchResource(config, pipeline))
     app.add_route("/query", QueryResource(config, pipeline))
     app.add_error_handler(Exception, handle_unexpected)
+    # Falcon's own HTTPError handler is more specific than Exception's, so
+    # it is replaced explicitly to keep every error in the same JSON shape.
+    app.add_error_handler(falcon.HTTPError, handle_unexpected)
     app.add_error_handler(ApiError, handle_api_error)
     return app
 

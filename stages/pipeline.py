@@ -135,8 +135,9 @@ class Pipeline:
         if request["error"] is not None:
             # The caller sees the failure by its code; the finished request
             # stays readable under its identifier.
-            raise HandlerError(request["error"], request["message"] or "",
-                               **_public(request))
+            fields = {key: value for key, value in _public(request).items()
+                      if key not in ("error", "message")}
+            raise HandlerError(request["error"], request["message"] or "", **fields)
         return _public(request)
 
     def _resolve_account(self, handle: Any) -> list[dict] | None:
