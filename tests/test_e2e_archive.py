@@ -221,3 +221,36 @@ def _alive(pid: int) -> bool:
     # A zombie has exited but not yet been reaped by its parent.
     status = Path(f"/proc/{pid}/stat")
     return status.exists() and status.read_text().split()[2] != "Z"
+
+
+def test_unreadable_files_reported_by_name(demo_service, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "twitter" / "broken_demo"
+    folder.mkdir(parents=True)
+    source = next((DEMO / "gallery-dl" / "twitter" / "mizuiro_brush").glob("*.jpg"))
+    sidecar = json.loads(source.with_name(source.name + ".json").read_text())
+    sidecar["user"] = sidecar["author"] = {**sidecar["author"], "id": 77001,
+                                           "name": "broken_demo"}
+    for tweet_id, content in ((9100000000000000001, source.read_bytes()),
+                              (9100000000000000002, b"<html>not an image</html>"),
+                              (9100000000000000003, source.read_bytes()[:2000])):
+        image = folder / f"{tweet_id}_1.jpg"
+        image.write_bytes(content)
+        image.with_name(image.name + ".json").write_text(
+            json.dumps({**sidecar, "tweet_id": tweet_id}))
+    shutil.copy(source, folder / "9100000000000000004_1.jpg")
+    (folder / "9100000000000000005_1.jpg").write_bytes(source.read_bytes())
+    (folder / "9100000000000000005_1.jpg.json").write_text("{ not json")
+
+    job = demo_service.ingest(str(tmp_path))
+    reported = "\n".join(f"{path}: {reason}" for path, reason in job["problems"])
+
+    assert job["status"] == "done"
+    assert job["added"] == 1
+    assert job["failed"] == 2
+    assert "9100000000000000002_1.jpg" in reported
+    assert "9100000000000000003_1.jpg" in reported
+    assert "9100000000000000004_1.jpg" in reported
+    assert "9100000000000000005_1.jpg.json" in reported
