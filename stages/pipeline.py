@@ -320,14 +320,27 @@ class Pipeline:
         with self.jobs_lock:
             pending = sum(job["total"] - job["done"] for job in self.running_jobs.values())
             jobs = len(self.running_jobs)
+        scanner = self._scanner_status(context)
         return {
             **counts,
+            "scan_backend": scanner.get("backend"),
+            "rate_limited_until": scanner.get("rate_limited_until") or None,
+            "running_scans": scanner.get("running", {}),
             "processing_user_requests_count": unfinished.get("search", 0)
             + unfinished.get("query", 0),
             "processing_scan_requests_count": unfinished.get("scan", 0),
             "processing_ingest_jobs_count": jobs,
             "pending_tweets_count": pending,
         }
+
+    def _scanner_status(self, context: RequestContext) -> dict:
+        try:
+            reply = context.client().request(
+                "scanner", {"kind": "scanner.status"}, timeout_secs=2.0)
+        except BrokerError as error:
+            log.warning("scanner status unavailable: %s", error)
+            return {}
+        return reply if reply.get("ok") else {}
 
     def handle_drop_finished(self, body: dict[str, Any], context: RequestContext):
         dropped = self.state.drop_finished(self._retention)

@@ -182,6 +182,7 @@ def test_rate_limited_scan_reports_state(service, fake):
     try:
         reply = scan(service, "limited_artist", timeout=60)
         status = service.call("scanner", {"kind": "scanner.status"})
+        stats = service.http("GET", "/stats")[1]
     finally:
         # Later tests share the service: let the limit lapse first.
         fake.rate_limit_next_calls(0)
@@ -191,6 +192,7 @@ def test_rate_limited_scan_reports_state(service, fake):
     assert reply["ok"] is False
     assert reply["code"] == "RATE_LIMITED"
     assert status["rate_limited_until"] > started_at + 4
+    assert stats["rate_limited_until"] > started_at + 4
 
 
 def status_reset(service) -> float:
