@@ -182,6 +182,8 @@ def test_rate_limited_scan_reports_state(service, fake):
     try:
         reply = scan(service, "limited_artist", timeout=60)
         status = service.call("scanner", {"kind": "scanner.status"})
+        # /stats is cached for a few seconds by the HTTP API.
+        time.sleep(3.5)
         stats = service.http("GET", "/stats")[1]
     finally:
         # Later tests share the service: let the limit lapse first.
