@@ -41,6 +41,9 @@ def setup_logging(process_name: str, log_folder: Path, level: str = "INFO") -> N
     log_file.setFormatter(formatter)
     root.addHandler(log_file)
     root.setLevel(os.environ.get("A2T_LOG_LEVEL", level))
+    # faiss logs at INFO which CPU build it loads, including a failed try of
+    # an AVX2 build that reads like an error.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def crash_log_path(log_folder: Path, process_name: str, pid: int) -> Path:

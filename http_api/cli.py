@@ -93,12 +93,16 @@ class Cli:
             data = path.read_bytes()
         except OSError as error:
             raise CommandError(f"cannot read {path}: {error.strerror}") from error
+        # A quick request first, so a stopped service is reported at once.
+        self.call("broker", {"kind": "broker.queues"}, timeout_secs=5.0)
         try:
             reply = self.client.request("pipeline", {
                 "kind": "search.submit", "image": data, "account": account,
             }, timeout_secs=150.0)
         except BrokerError as error:
             raise CommandError(f"search failed: {error}") from error
+        if not reply.get("ok"):
+            raise CommandError(f"{reply.get('code')}: {reply.get('message')}")
         self._print_request(reply)
         return reply
 

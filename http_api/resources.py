@@ -78,7 +78,12 @@ class SearchResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_advanced(self.config, req)
-        account = req.get_param("account_name")
+        accounts = req.get_param_as_list("account_name") or []
+        if len(accounts) > 1:
+            raise ApiError("INVALID_PARAMETER",
+                           f"parameter 'account_name' given {len(accounts)} times; "
+                           "give it once")
+        account = accounts[0] if accounts else None
         image = self._read_image(req)
         if not image:
             raise ApiError("IMAGE_MISSING", "the request body holds no image")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import struct
 import zlib
 
@@ -199,7 +200,14 @@ def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
 
 
 def _read_file(path: str | os.PathLike[str], max_bytes: int | None) -> bytes:
-    with open(path, "rb") as file:
+    # Opening without blocking, then checking the type, keeps a FIFO or a
+    # device named like an image from blocking the reader forever.
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise NotAnImageError(f"{os.fspath(path)}: not a regular file")
+    os.set_blocking(descriptor, True)
+    with os.fdopen(descriptor, "rb") as file:
         if max_bytes is None:
             return file.read()
         size = os.fstat(file.fileno()).st_size

@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_SECS = 0.5
 # A single image that no indexer answers within this time is failed.
 IMAGE_TIMEOUT_SECS = 300.0
-# Indexing attempts per image when the indexer service itself fails.
-IMAGE_ATTEMPTS = 2
+# Sends of one image to the indexers. The broker already delivers a request
+# again when its worker dies, so one send survives one crash; sending again
+# would repeat an image that crashes every indexer that reads it.
+IMAGE_ATTEMPTS = 1
+# Largest id SQLite stores as an integer.
+MAX_ID = 2**63 - 1
 
 
 class ArchiveLister:
@@ -46,10 +50,15 @@ class ArchiveLister:
         except OSError as error:
             raise HandlerError("ARCHIVE_UNREADABLE", f"cannot read {path}: {error}")
         problems = [list(problem) for problem in listing.problems]
-        for problem_path, reason in listing.problems:
+        tweets = [tweet for tweet in listing.tweets
+                  if self._valid_tweet(tweet, problems)]
+        if not listing.tweets and not problems:
+            problems.append([path, "no gallery-dl folder or X data export found "
+                             "under this folder"])
+        for problem_path, reason in problems:
             log.warning("skipped %s: %s", problem_path, reason)
 
-        tasks = self._new_images(listing.tweets)
+        tasks = self._new_images(tweets)
         progress = _Progress(context.client(), job_id, len(tasks), problems)
         progress.report("indexing", force=True)
         context.set_activity(f"indexing {len(tasks)} images of {path}")
@@ -64,6 +73,20 @@ class ArchiveLister:
             "failed": progress.failed,
             "problems": progress.problems,
         }
+
+    @staticmethod
+    def _valid_tweet(tweet: TweetRecord, problems: list) -> bool:
+        """Return whether the tweet's ids fit the store; record it if not."""
+        location = tweet.images[0].location if tweet.images else str(tweet.tweet_id)
+        if not 0 < tweet.tweet_id <= MAX_ID or not 0 < tweet.account_id <= MAX_ID:
+            problems.append([location, f"tweet id {tweet.tweet_id} or account id "
+                             f"{tweet.account_id} is not between 1 and {MAX_ID}"])
+            return False
+        bad = [image.position for image in tweet.images if image.position < 1]
+        if bad:
+            problems.append([location, f"image position {bad[0]} is below 1"])
+            return False
+        return True
 
     def _new_images(self, tweets: list[TweetRecord]) -> list[dict]:
         known: set[tuple[int, int]] = set()

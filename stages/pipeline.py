@@ -95,6 +95,7 @@ class Pipeline:
         self.jobs_lock = threading.Lock()
         self.running_jobs: dict[int, dict] = {}
         self._resume_jobs()
+        self._end_interrupted_searches()
         from stages.query_flow import QueryFlow
 
         self.queries = QueryFlow(self)
@@ -208,8 +209,11 @@ class Pipeline:
         if not isinstance(path, str) or not path:
             raise HandlerError("PATH_MISSING", "no archive path given")
         folder = Path(path).expanduser().resolve()
-        if not folder.is_dir():
+        if not folder.exists():
             raise HandlerError("PATH_NOT_FOUND", f"archive folder not found: {folder}")
+        if not folder.is_dir():
+            raise HandlerError("NOT_A_FOLDER",
+                               f"{folder} is a file; give the archive's folder")
         job = {"path": str(folder), "status": "listing", "total": 0, "done": 0,
                "added": 0, "failed": 0, "problems": [], "error": None,
                "started_at": time.time()}
@@ -275,6 +279,19 @@ class Pipeline:
         if job is None:
             raise HandlerError("NO_SUCH_JOB", f"no ingest job {job_id!r}")
         return {"job": job}
+
+    def _end_interrupted_searches(self) -> None:
+        """End the image searches a previous pipeline process left unfinished.
+
+        Their image bytes were never stored, so they cannot be run again;
+        a client polling one sees it end with an error instead of waiting.
+        """
+        for identifier, request in self.state.unfinished_requests("search"):
+            request["status"] = "END"
+            _set_error(request, "PROCESSING_ERROR",
+                       "the search was interrupted by a restart; send it again")
+            self.state.save_request(identifier, "search", request)
+            log.warning("search %s ended: interrupted by a restart", identifier)
 
     def _resume_jobs(self) -> None:
         for job in self.state.unfinished_jobs():
