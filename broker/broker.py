@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class Broker:
         self.next_heartbeat = time.monotonic() + self.interval
         self.dropped_frames = 0
         self.next_check = 0.0
+        # Changes with every start, so clients can tell a restart happened.
+        self.boot_id = secrets.token_hex(8)
 
     def stop(self, *_args) -> None:
         self.running = False
@@ -282,7 +285,9 @@ class Broker:
         except ValueError as error:
             reply = protocol.failure("BAD_REQUEST", str(error))
         else:
-            if kind == "broker.workers":
+            if kind == "broker.ping":
+                reply = {"ok": True, "boot_id": self.boot_id}
+            elif kind == "broker.workers":
                 reply = {"ok": True, "workers": self._describe_workers()}
             elif kind == "broker.queues":
                 reply = {"ok": True, "queues": self._describe_queues()}

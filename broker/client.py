@@ -19,6 +19,10 @@ from broker import protocol
 
 # Broker failure codes that mean the request was never answered by a worker.
 TRANSPORT_FAILURES = frozenset({"WORKER_DIED", "NO_WORKER"})
+# While a request waits, the broker is asked this often whether it restarted.
+PING_INTERVAL_SECS = 5.0
+# The first request of a client checks that a broker answers within this.
+FIRST_PING_TIMEOUT_SECS = 5.0
 
 
 class BrokerError(RuntimeError):
@@ -42,6 +46,7 @@ class BrokerClient:
         self._prefix = f"{os.getpid()}-{threading.get_ident()}-".encode()
         # Replies that arrived while waiting for another request.
         self._early: dict[bytes, dict[str, Any]] = {}
+        self.boot_id: str | None = None
 
     def close(self) -> None:
         self.socket.close()
@@ -75,32 +80,67 @@ class BrokerClient:
     ) -> dict[str, Any]:
         """Send a request and wait for its reply.
 
-        Raises BrokerError when no reply arrives within ``timeout_secs``
-        or when the broker reports that no worker could answer.
+        Raises BrokerError when no reply arrives within ``timeout_secs``,
+        when the broker reports that no worker could answer, or when the
+        broker restarted while the request waited (its reply is lost then).
         """
+        if self.boot_id is None:
+            self.boot_id = self._ping(min(timeout_secs, FIRST_PING_TIMEOUT_SECS))
         request_id = self.send(service, body)
         deadline = time.monotonic() + timeout_secs
+        next_ping = time.monotonic() + PING_INTERVAL_SECS
+        ping_id = None
         while True:
             if request_id in self._early:
                 reply = self._early.pop(request_id)
                 break
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 raise BrokerError(
                     "TIMED_OUT",
                     f"no reply from {service} for {body.get('kind')} "
                     f"within {timeout_secs:.0f} s",
                 )
-            received = self._receive_socket(left)
+            if now >= next_ping:
+                ping_id = self.send(protocol.BROKER_SERVICE, {"kind": "broker.ping"})
+                next_ping = now + PING_INTERVAL_SECS
+            received = self._receive_socket(min(deadline, next_ping) - now)
             if received is None:
                 continue
             if received[0] == request_id:
                 reply = received[1]
                 break
+            if received[0] == ping_id:
+                self._check_boot(received[1], service, body)
+                continue
             self._early[received[0]] = received[1]
         if not reply.get("ok", True) and reply.get("code") in TRANSPORT_FAILURES:
             raise BrokerError(reply["code"], reply.get("message", ""))
         return reply
+
+    def _ping(self, timeout_secs: float) -> str:
+        ping_id = self.send(protocol.BROKER_SERVICE, {"kind": "broker.ping"})
+        deadline = time.monotonic() + timeout_secs
+        while time.monotonic() < deadline:
+            received = self._receive_socket(deadline - time.monotonic())
+            if received is None:
+                continue
+            if received[0] == ping_id:
+                return str(received[1].get("boot_id"))
+            self._early[received[0]] = received[1]
+        raise BrokerError("NO_BROKER", f"no broker answered at {self.endpoint} "
+                          f"within {timeout_secs:.0f} s; is the service running?")
+
+    def _check_boot(self, reply: dict, service: str, body: dict) -> None:
+        boot_id = str(reply.get("boot_id"))
+        if boot_id == self.boot_id:
+            return
+        self.boot_id = boot_id
+        raise BrokerError(
+            "BROKER_RESTARTED",
+            f"the broker restarted while {service} handled {body.get('kind')}, "
+            "so the reply is lost; send the request again",
+        )
 
     def _receive_socket(self, timeout_secs: float):
         if not self.socket.poll(int(timeout_secs * 1000), zmq.POLLIN):

@@ -73,6 +73,8 @@ BROKER_SERVICE = "broker"
 BROKER_FAILURES = {
     "WORKER_DIED": "the worker handling the request stopped, even after redelivery",
     "NO_WORKER": "no worker of the service answered in time",
+    "BROKER_RESTARTED": "the broker restarted while the request waited, so its "
+    "reply was lost (raised by the client)",
     "TIMED_OUT": "the request was not answered in time",
     "BAD_REQUEST": "the request frames are malformed",
 }
@@ -81,6 +83,7 @@ BROKER_FAILURES = {
 # name: type; every reply also carries ok (and code, message on failure).
 KINDS: dict[str, dict[str, str]] = {
     "broker": {
+        "broker.ping": "-> boot_id: str (new at every broker start)",
         "broker.workers": "-> workers: [{service, pid, activity, busy, capacity}]",
         "broker.queues": "-> queues: {service: {waiting, in_flight, workers}}",
     },

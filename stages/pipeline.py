@@ -33,6 +33,7 @@ HANDLE_PATTERN = re.compile(r"^@?[A-Za-z0-9_]{1,15}$")
 SEARCH_TIMEOUT_SECS = 120.0
 # An ingest reply may take as long as indexing the whole archive.
 INGEST_TIMEOUT_SECS = 7 * 24 * 3600.0
+INGEST_ATTEMPTS = 3
 # Error codes caused by the user's own input; such requests are kept briefly.
 INPUT_ERRORS = frozenset({
     "NOT_AN_URL", "NOT_AN_ARTWORK_PAGE", "UNSUPPORTED_WEBSITE", "URL_TOO_LONG",
@@ -235,14 +236,21 @@ class Pipeline:
 
         client = thread_client(self.config.broker.endpoint)
         log.info("ingest %d of %s started", job["id"], job["path"])
-        try:
-            reply = client.request(
-                "lister", {"kind": "archive.list", "job_id": job["id"],
-                           "path": job["path"]},
-                timeout_secs=INGEST_TIMEOUT_SECS,
-            )
-        except BrokerError as error:
-            reply = {"ok": False, "code": error.code, "message": str(error)}
+        for attempt in range(1, INGEST_ATTEMPTS + 1):
+            try:
+                reply = client.request(
+                    "lister", {"kind": "archive.list", "job_id": job["id"],
+                               "path": job["path"]},
+                    timeout_secs=INGEST_TIMEOUT_SECS,
+                )
+                break
+            except BrokerError as error:
+                reply = {"ok": False, "code": error.code, "message": str(error)}
+                if error.code not in ("BROKER_RESTARTED", "WORKER_DIED"):
+                    break
+                # Listing again is cheap: images already stored are skipped.
+                log.warning("ingest %d: %s; listing again (attempt %d)", job["id"],
+                            error, attempt + 1)
         with self.jobs_lock:
             if reply.get("ok"):
                 job.update(status="done", total=reply["total"], done=reply["total"],

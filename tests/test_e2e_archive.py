@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.client import BrokerError
 from tests.service import PROJECT_ROOT, RunningService
 
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -254,3 +255,38 @@ def test_unreadable_files_reported_by_name(demo_service, tmp_path):
     assert "9100000000000000003_1.jpg" in reported
     assert "9100000000000000004_1.jpg" in reported
     assert "9100000000000000005_1.jpg.json" in reported
+
+
+def test_broker_killed_mid_ingest_recovers(tmp_path):
+    service = RunningService(tmp_path)
+    try:
+        job = service.call("pipeline", {"kind": "ingest.submit",
+                                        "path": str(DEMO)})["job"]
+        service.wait_job(job["id"], 120, until=lambda j: j["done"] >= 50)
+        broker = next(p for p in service.processes() if p["name"] == "broker")
+        os.kill(broker["pid"], signal.SIGKILL)
+        time.sleep(1.0)
+
+        finished = _wait_job_through_restart(service, job["id"])
+        rows = database_rows(service)
+        row = next(r for r in manifest_rows(("original",)) if r["tweet_id"])
+        status, reply = service.http("POST", "/search",
+                                     (DEMO / row["query"]).read_bytes())
+    finally:
+        service.close()
+
+    assert finished["status"] == "done"
+    assert len(rows) == demo_image_count()
+    assert len(set(rows)) == len(rows)
+    assert status == 200
+    assert reply["results"][0]["tweet_id"] == row["tweet_id"]
+
+
+def _wait_job_through_restart(service, job_id: int) -> dict:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            return service.wait_job(job_id, 300)
+        except BrokerError:
+            time.sleep(0.5)
+    raise TimeoutError(f"ingest job {job_id} not finished after a broker restart")
