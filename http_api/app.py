@@ -129,8 +129,10 @@ def handle_unexpected(req, resp, error: Exception, params) -> None:
     if isinstance(error, falcon.HTTPError):
         # Falcon's own errors (404, 405, bad headers) keep their status, as JSON.
         resp.status = error.status
-        code = error.title.upper().replace(" ", "_") if error.title else "HTTP_ERROR"
-        resp.media = error_document(code, error.description or error.title or "")
+        # The code is the status's reason phrase: "404 Not Found" -> NOT_FOUND.
+        reason = str(error.status).partition(" ")[2] or "HTTP error"
+        code = reason.upper().replace(" ", "_").replace("-", "_")
+        resp.media = error_document(code, error.description or error.title or reason)
         for name, value in (error.headers or {}).items():
             resp.set_header(name, value)
         return

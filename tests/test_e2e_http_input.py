@@ -133,4 +133,11 @@ def test_unknown_path_is_json_404(service):
     status, body = service.http("GET", "/nope")
 
     assert status == 404
-    assert body["error"]
+    assert body["error"] == "NOT_FOUND"
+
+
+def test_wrong_method_is_json_405(service):
+    status, body = service.http("DELETE", "/stats")
+
+    assert status == 405
+    assert body["error"] == "METHOD_NOT_ALLOWED"
