@@ -231,3 +231,39 @@ trust_forwarded_for = true"""
     assert over_quota == 429
     assert quota_reply["error"] == "YOUR_IP_HAS_MAX_PROCESSING_REQUESTS"
     assert stats_status == 200
+
+
+def test_query_image_too_big(service, fakes):
+    row = posted_queries()[3]
+    huge = b"\xff\xd8\xff\xe0" + b"\x00" * (service.config.http.max_upload_bytes + 1)
+    url = fakes.add_artwork("danbooru", "8700", "artist_huge", [row["handle"]],
+                            image=huge)
+
+    _, reply = poll_query(service, url)
+
+    assert reply["error"] == "QUERY_IMAGE_TOO_BIG"
+
+
+def test_finished_requests_dropped(tmp_path, fakes):
+    url = fakes.add_artwork("furbooru", "8800", "artist_dropped", [])
+    extra = service_config(fakes, """
+[requests]
+keep_finished_secs = 0.0
+keep_failed_secs = 0.0
+keep_input_error_secs = 0.0
+""")
+    running = RunningService(tmp_path, extra_config=extra, indexers=1)
+    try:
+        ended = poll_query(running, url)[1]
+        fetches_before = fakes.paths_requested("furbooru").count("/api/v1/json/images/8800")
+        time.sleep(0.1)
+        dropped = running.call("pipeline", {"kind": "requests.drop_finished"})
+        again = poll_query(running, url)[1]
+        fetches_after = fakes.paths_requested("furbooru").count("/api/v1/json/images/8800")
+    finally:
+        running.close()
+
+    assert ended["error"] == "NO_TWITTER_ACCOUNT_FOUND"
+    assert dropped["dropped"] >= 1
+    assert again["status"] == "END"
+    assert fetches_after == fetches_before + 1
