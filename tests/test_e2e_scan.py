@@ -270,3 +270,22 @@ def test_transient_failure_retried(service, fake):
 
     assert reply["stored"] >= 1
     assert (tweet.tweet_id, 1) in stored_keys(service, user.user_id)
+
+
+def test_renamed_account_tracked_by_id(service, fake):
+    user = fake.add_user("old_name", 993000)
+    fake.add_tweet("old_name", sorted(MUSEUM.glob("*.png"))[7:8])
+    first = scan(service, "old_name")
+    user.handle = "new_name"
+    fake.add_tweet("new_name", sorted(MUSEUM.glob("*.png"))[8:9])
+
+    second = scan(service, "new_name")
+    connection = sqlite3.connect(service.config.database_path)
+    handles = connection.execute("SELECT handle FROM accounts WHERE id = ?",
+                                 (993000,)).fetchall()
+    connection.close()
+
+    assert first["ok"], first
+    assert second["ok"], second
+    assert len(stored_keys(service, 993000)) == 2
+    assert handles == [("new_name",)]
