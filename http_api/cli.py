@@ -20,7 +20,7 @@ POLL_INTERVAL_SECS = 0.5
 
 
 class CommandError(Exception):
-    """A command failed; the message says why and what to do."""
+    """A command failed; the message gives the reason and the next step."""
 
 
 class Cli:
@@ -37,7 +37,7 @@ class Cli:
             reply = self.client.request(service, body, timeout_secs=timeout_secs)
         except BrokerError as error:
             raise CommandError(
-                f"the service did not answer {body['kind']} ({error}); "
+                f"the service did not respond to {body['kind']} ({error}); "
                 "is it running? start it with: python run_server.py"
             ) from error
         if not reply.get("ok"):

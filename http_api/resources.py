@@ -86,7 +86,7 @@ class SearchResource:
         account = accounts[0] if accounts else None
         image = self._read_image(req)
         if not image:
-            raise ApiError("IMAGE_MISSING", "the request body holds no image")
+            raise ApiError("IMAGE_MISSING", "the request body is empty; send the image bytes")
         reply = self.pipeline.call({
             "kind": "search.submit",
             "image": image,

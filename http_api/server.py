@@ -62,7 +62,7 @@ class ApiServer:
                        and channel.last_activity < cutoff)
             if not stalled:
                 continue
-            log.info("request from %s stalled for %d s; answering 408",
+            log.info("request from %s stalled for %d s; responding 408",
                      channel.addr, CHANNEL_TIMEOUT_SECS)
             channel.write_soon(_timeout_response())
             channel.request = None

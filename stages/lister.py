@@ -24,7 +24,7 @@ from stages.sources.base import TweetRecord
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECS = 0.5
-# A single image that no indexer answers within this time is failed.
+# An image with no indexer reply within this time is recorded as failed.
 IMAGE_TIMEOUT_SECS = 300.0
 # Sends of one image to the indexers. The broker already delivers a request
 # again when its worker dies, so one send survives one crash; sending again
