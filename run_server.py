@@ -162,6 +162,10 @@ def run_command(args, config) -> int:
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of the output went away, as in "run_server.py workers | head".
+        sys.stdout = None
+        return 0
     finally:
         cli.close()
     return 0
