@@ -128,8 +128,8 @@ class BrokerClient:
             if received[0] == ping_id:
                 return str(received[1].get("boot_id"))
             self._early[received[0]] = received[1]
-        raise BrokerError("NO_BROKER", f"no broker answered at {self.endpoint} "
-                          f"within {timeout_secs:.0f} s; is the service running?")
+        raise BrokerError("NO_BROKER", f"no broker responded at {self.endpoint} "
+                          f"within {timeout_secs:.0f} s")
 
     def _check_boot(self, reply: dict, service: str, body: dict) -> None:
         boot_id = str(reply.get("boot_id"))

@@ -37,8 +37,8 @@ class Cli:
             reply = self.client.request(service, body, timeout_secs=timeout_secs)
         except BrokerError as error:
             raise CommandError(
-                f"the service did not respond to {body['kind']} ({error}); "
-                "is it running? start it with: python run_server.py"
+                f"the service did not respond to {body['kind']}: {error}. "
+                "If it is not running, start it with: python run_server.py"
             ) from error
         if not reply.get("ok"):
             raise CommandError(f"{reply.get('code')}: {reply.get('message')}")
