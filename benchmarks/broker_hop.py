@@ -81,6 +81,21 @@ def run_echo_worker(endpoint: str) -> None:
     worker.run()
 
 
+def run_inline_echo_worker(endpoint: str) -> None:
+    """Serve ``echo`` with ``Worker`` answering it in its socket thread.
+
+    The pipeline answers its status polls this way (``inline_kinds``), so
+    this is the hop those requests take.
+    """
+    from broker.config import BrokerConfig
+    from broker.worker import Worker
+
+    worker = Worker("echo", {"echo": echo_handler}, BrokerConfig(endpoint=endpoint),
+                    capacity=WINDOW, inline_kinds=frozenset({"echo"}))
+    signal.signal(signal.SIGTERM, worker.stop)
+    worker.run()
+
+
 def echo_handler(body: dict, context) -> dict:
     return {"data": body["data"]}
 
@@ -316,6 +331,7 @@ def run(quick: bool = False, loads: dict[str, Load] | None = None) -> list[Figur
     loads = loads or (QUICK_LOAD if quick else FULL_LOAD)
     brokered = measure_brokered(loads)
     minimal = measure_brokered(loads, run_minimal_echo_worker)
+    inline = measure_brokered(loads, run_inline_echo_worker)
     direct = measure_direct(loads)
     figures = []
     for label in loads:
@@ -326,6 +342,12 @@ def run(quick: bool = False, loads: dict[str, Load] | None = None) -> list[Figur
             reference_name="direct pair",
             note="the real broker with a one-loop echo worker in place of "
             "broker.worker.Worker"))
+        figures.append(Figure(
+            BENCHMARK, f"{label} messages/s, {WINDOW} in flight, inline handler",
+            inline[label]["rate"], "msg/s", reference=direct[label]["rate"],
+            reference_name="direct pair",
+            note="broker.worker.Worker answering the kind in its socket thread, "
+            "as the pipeline answers status polls"))
     return figures
 
 

@@ -107,6 +107,9 @@ class Worker:
         self.socket.send_multipart([protocol.WORKER_READY, protocol.pack(body)])
         self.generation = next(self._generation)
         self.broker_expires_at = self._expiry()
+        self.poller = zmq.Poller()
+        self.poller.register(self.socket, zmq.POLLIN)
+        self.poller.register(self._done_pull, zmq.POLLIN)
 
     def _expiry(self) -> float:
         return time.monotonic() + (
@@ -120,11 +123,9 @@ class Worker:
                  self.capacity)
         interval = self.config.heartbeat_interval_secs
         next_heartbeat = time.monotonic() + interval
+        silent_since = None
         while self.running:
-            poller = zmq.Poller()
-            poller.register(self.socket, zmq.POLLIN)
-            poller.register(self._done_pull, zmq.POLLIN)
-            events = dict(poller.poll(timeout=int(interval * 500)))
+            events = dict(self.poller.poll(timeout=int(interval * 500)))
             if self._done_pull in events:
                 self._forward_replies()
             if self.socket in events:
@@ -134,9 +135,15 @@ class Worker:
                 self._heartbeat()
                 next_heartbeat = now + interval
             if now > self.broker_expires_at:
-                log.warning("broker silent for %.1f s, reconnecting",
-                            interval * self.config.heartbeat_liveness)
+                # One warning per outage; the reconnects after it are routine.
+                if silent_since is None:
+                    silent_since = now
+                    log.warning("broker silent for %.1f s, reconnecting",
+                                interval * self.config.heartbeat_liveness)
                 self._connect()
+            elif silent_since is not None and self.socket in events:
+                log.info("broker back after %.1f s", now - silent_since)
+                silent_since = None
         self._shutdown()
 
     def _shutdown(self) -> None:
