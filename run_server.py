@@ -28,7 +28,7 @@ DEMO_ARCHIVE = PROJECT_ROOT / "demo_archive"
 
 log = logging.getLogger("run_server")
 
-# Request kinds answered in a worker's socket thread: they only read memory
+# Request kinds handled in a worker's socket thread: they only read memory
 # or one SQLite row, so they never wait on another service.
 INLINE_KINDS = {
     "pipeline": frozenset({"search.get", "ingest.get", "ingest.progress"}),

@@ -136,7 +136,7 @@ class Broker:
             return
         if worker is None:
             # A worker the broker does not know (for example after a broker
-            # restart) is told to announce itself again.
+            # restart) is asked to send READY again.
             self._send(identity, [protocol.WORKER_DISCONNECT])
             return
         worker.expires_at = self._expiry()

@@ -17,16 +17,16 @@ import zmq
 from broker import protocol
 
 
-# Broker failure codes that mean the request was never answered by a worker.
+# Broker failure codes that mean no worker replied to the request.
 TRANSPORT_FAILURES = frozenset({"WORKER_DIED", "NO_WORKER"})
 # While a request waits, the broker is asked this often whether it restarted.
 PING_INTERVAL_SECS = 5.0
-# The first request of a client checks that a broker answers within this.
+# The first request of a client checks that a broker replies within this.
 FIRST_PING_TIMEOUT_SECS = 5.0
 
 
 class BrokerError(RuntimeError):
-    """A request failed in transport: timed out, or no worker answered."""
+    """A request failed in transport: timed out, or no worker replied."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)

@@ -45,7 +45,7 @@ class BrokerConfig:
 @dataclass(frozen=True)
 class StagesConfig:
     indexers: int = 2
-    # Each searcher process holds its own copy of the FAISS index in memory.
+    # Each searcher process keeps its own copy of the FAISS index in memory.
     searchers: int = 1
     ingest_window: int = 16
 

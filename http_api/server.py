@@ -29,7 +29,7 @@ class ApiServer:
             threads=http.threads,
             ident="art2tweet",
             channel_timeout=CHANNEL_TIMEOUT_SECS,
-            # Bodies over this are answered 413 by waitress before the app runs.
+            # Waitress rejects bodies over this with 413 before the app runs.
             max_request_body_size=http.max_upload_bytes + 1024 * 1024,
             connection_limit=200,
             expose_tracebacks=False,
@@ -50,7 +50,7 @@ class ApiServer:
         log.info("HTTP API stopped")
 
     def _answer_stalled_requests(self, now: float) -> None:
-        """Answer 408 to connections stuck in the middle of a request.
+        """Send 408 to connections stuck in the middle of a request.
 
         Waitress reads a whole request before the application sees it, so a
         body shorter than its Content-Length would otherwise end in a silent

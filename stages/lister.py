@@ -150,7 +150,7 @@ class _Progress:
 
 
 class _IndexingWindow:
-    """Keep up to ``size`` image.index requests in flight until all are answered."""
+    """Keep up to ``size`` image.index requests in flight until all have replies."""
 
     def __init__(self, client: BrokerClient, size: int, progress: _Progress):
         self.client = client
