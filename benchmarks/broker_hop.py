@@ -72,26 +72,24 @@ def run_broker(endpoint: str) -> None:
 
 
 def run_echo_worker(endpoint: str) -> None:
-    from broker.config import BrokerConfig
-    from broker.worker import Worker
-
-    worker = Worker("echo", {"echo": echo_handler}, BrokerConfig(endpoint=endpoint),
-                    capacity=WINDOW)
-    signal.signal(signal.SIGTERM, worker.stop)
-    worker.run()
+    _serve_echo(endpoint, inline_kinds=frozenset())
 
 
 def run_inline_echo_worker(endpoint: str) -> None:
-    """Serve ``echo`` with ``Worker`` answering it in its socket thread.
+    """Serve ``echo`` with ``Worker`` handling it in its socket thread.
 
-    The pipeline answers its status polls this way (``inline_kinds``), so
+    The pipeline handles its status polls this way (``inline_kinds``), so
     this is the hop those requests take.
     """
+    _serve_echo(endpoint, inline_kinds=frozenset({"echo"}))
+
+
+def _serve_echo(endpoint: str, inline_kinds: frozenset[str]) -> None:
     from broker.config import BrokerConfig
     from broker.worker import Worker
 
     worker = Worker("echo", {"echo": echo_handler}, BrokerConfig(endpoint=endpoint),
-                    capacity=WINDOW, inline_kinds=frozenset({"echo"}))
+                    capacity=WINDOW, inline_kinds=inline_kinds)
     signal.signal(signal.SIGTERM, worker.stop)
     worker.run()
 

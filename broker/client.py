@@ -63,17 +63,13 @@ class BrokerClient:
     def receive(self, timeout_secs: float) -> tuple[bytes, dict[str, Any]] | None:
         """Return the next (request id, reply body), or None on time-out.
 
-        A FAILURE from the broker becomes a reply with ``ok`` false.
+        A FAILURE from the broker becomes a reply with ``ok`` false, and a
+        malformed message counts as none.
         """
         if self._early:
             request_id = next(iter(self._early))
             return request_id, self._early.pop(request_id)
-        if not self.socket.poll(int(timeout_secs * 1000), zmq.POLLIN):
-            return None
-        received = self._read()
-        if received is None:
-            return self.receive(0)
-        return received
+        return self._receive_socket(timeout_secs)
 
     def request(
         self, service: str, body: dict[str, Any], timeout_secs: float = 60.0
@@ -81,7 +77,7 @@ class BrokerClient:
         """Send a request and wait for its reply.
 
         Raises BrokerError when no reply arrives within ``timeout_secs``,
-        when the broker reports that no worker could answer, or when the
+        when the broker reports that no worker replied, or when the
         broker restarted while the request waited (its reply is lost then).
         """
         if self.boot_id is None:

@@ -1,6 +1,6 @@
 """The Falcon application: HTTP requests in, pipeline requests out.
 
-The API holds no database or index. Each waitress thread has its own
+The API keeps no database or index. Each waitress thread has its own
 broker client (``broker.client.thread_client``) and every endpoint is a
 request to the ``pipeline`` service.
 
@@ -21,7 +21,7 @@ import falcon
 from broker.client import BrokerError, thread_client
 from broker.config import Config
 from http_api.errors import ApiError
-from http_api.limits import RateLimiter, client_address
+from http_api.limits import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -176,4 +176,4 @@ def create_app(config: Config) -> falcon.App:
     return app
 
 
-__all__ = ["create_app", "client_address", "ApiError", "Pipeline"]
+__all__ = ["create_app", "ApiError", "Pipeline"]

@@ -13,6 +13,7 @@ every id up to N therefore only needs ``id > N`` to catch up.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,6 +397,21 @@ class Store:
             "failed_images_count": connection.execute(
                 "SELECT COUNT(*) FROM failed_images").fetchone()[0],
         }
+
+
+_thread_stores = threading.local()
+
+
+def thread_store(path: str | Path) -> Store:
+    """Return this thread's Store for the database at ``path``, opening it once."""
+    stores = getattr(_thread_stores, "stores", None)
+    if stores is None:
+        stores = _thread_stores.stores = {}
+    key = str(path)
+    store = stores.get(key)
+    if store is None:
+        store = stores[key] = Store(path)
+    return store
 
 
 def _account_dict(row: tuple) -> dict:

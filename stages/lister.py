@@ -94,24 +94,34 @@ class ArchiveLister:
         for account_id, handle in accounts:
             self.store.upsert_account(account_id, handle)
             known |= self.store.known_image_keys(account_id)
-        tasks = []
-        for tweet in tweets:
-            for image in tweet.images:
-                if (tweet.tweet_id, image.position) in known:
-                    continue
-                tasks.append({
-                    "kind": "image.index",
-                    "tweet_id": tweet.tweet_id,
-                    "position": image.position,
-                    "image_count": tweet.image_count,
-                    "account_id": tweet.account_id,
-                    "handle": tweet.handle,
-                    "location": image.location,
-                    "is_file": image.is_file,
-                    "created_at": tweet.created_at,
-                    "source": tweet.source,
-                })
-        return tasks
+        return index_requests(tweets, known)
+
+
+def index_requests(
+    tweets: list[TweetRecord], known: set[tuple[int, int]]
+) -> list[dict]:
+    """Build the image.index requests for the images not in ``known``.
+
+    ``known`` contains (tweet_id, position) of images already stored.
+    """
+    requests = []
+    for tweet in tweets:
+        for image in tweet.images:
+            if (tweet.tweet_id, image.position) in known:
+                continue
+            requests.append({
+                "kind": "image.index",
+                "tweet_id": tweet.tweet_id,
+                "position": image.position,
+                "image_count": tweet.image_count,
+                "account_id": tweet.account_id,
+                "handle": tweet.handle,
+                "location": image.location,
+                "is_file": image.is_file,
+                "created_at": tweet.created_at,
+                "source": tweet.source,
+            })
+    return requests
 
 
 class _Progress:

@@ -1,9 +1,9 @@
 """Pipeline stage: owns user requests and ingest jobs and drives them.
 
 The HTTP API and the command line talk only to this service. It keeps
-each request's status in ``requests_state`` (so a restart resumes), asks
-the searcher and the lister to do the work, and enforces the per-address
-limit on unfinished requests.
+each request's status in ``requests_state``, so a restart resumes. It
+sends the work to the searcher, the lister and the scanner, and enforces
+the per-address limit on unfinished requests.
 
 Statuses follow the earlier system: ``WAIT_LINK_FINDER``, ``LINK_FINDER``,
 ``WAIT_INDEX_ACCOUNTS_TWEETS``, ``INDEX_ACCOUNTS_TWEETS``,
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.client import BrokerError
+from broker.client import BrokerError, thread_client
 from broker.config import Config
 from broker.worker import HandlerError, RequestContext
-from index.store import Store
+from index.store import Store, thread_store
 from stages.requests_state import RequestsState
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,6 @@ class Pipeline:
     def __init__(self, config: Config):
         self.config = config
         self.state = RequestsState(config.data_folder / "requests.sqlite3")
-        self.stores = threading.local()
         self.in_flight = InFlightCounter(
             config.http.max_requests_in_flight_per_ip,
             config.http.unlimited_ip_addresses,
@@ -103,10 +102,7 @@ class Pipeline:
         self.queries.resume()
 
     def store(self) -> Store:
-        store = getattr(self.stores, "store", None)
-        if store is None:
-            store = self.stores.store = Store(self.config.database_path)
-        return store
+        return thread_store(self.config.database_path)
 
     # Direct image search
 
@@ -232,8 +228,6 @@ class Pipeline:
         thread.start()
 
     def _run_job(self, job: dict) -> None:
-        from broker.client import thread_client
-
         client = thread_client(self.config.broker.endpoint)
         log.info("ingest %d of %s started", job["id"], job["path"])
         for attempt in range(1, INGEST_ATTEMPTS + 1):
@@ -274,7 +268,8 @@ class Pipeline:
             for key in ("total", "done", "added", "failed"):
                 job[key] = int(body.get(key, job[key]))
             job["problems"] = list(body.get("problems", job["problems"]))[-200:]
-            job["status"] = "indexing" if body.get("status") != "done" else "indexing"
+            # The job becomes done only when the lister's reply arrives.
+            job["status"] = "indexing"
         return {}
 
     def handle_ingest_get(self, body: dict[str, Any], context: RequestContext):
@@ -291,8 +286,8 @@ class Pipeline:
     def _end_interrupted_searches(self) -> None:
         """End the image searches a previous pipeline process left unfinished.
 
-        Their image bytes were never stored, so they cannot be run again;
-        a client polling one sees it end with an error instead of waiting.
+        Their image bytes were never stored, so they cannot be run again.
+        A client polling one gets an error instead of waiting forever.
         """
         for identifier, request in self.state.unfinished_requests("search"):
             request["status"] = "END"

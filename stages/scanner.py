@@ -20,7 +20,8 @@ from typing import Any
 
 from broker.config import Config
 from broker.worker import HandlerError, RequestContext
-from index.store import Store
+from index.store import Store, thread_store
+from stages.lister import index_requests
 from stages.sources import create_source
 from stages.sources.base import (
     AccountState,
@@ -70,16 +71,12 @@ class Scanner:
             log.error("tweet source unavailable: %s", error)
             self.source_error = str(error)
             self.source = None
-        self.stores = threading.local()
         self.lock = threading.Lock()
         self.scans: dict[int, _Scan] = {}
         self.rate_limited_until = 0.0
 
     def store(self) -> Store:
-        store = getattr(self.stores, "store", None)
-        if store is None:
-            store = self.stores.store = Store(self.config.database_path)
-        return store
+        return thread_store(self.config.database_path)
 
     def _check_source(self) -> None:
         if self.source_error is not None:
@@ -189,20 +186,11 @@ class Scanner:
 
     def _index_page(self, page, client, scan: _Scan, store: Store) -> None:
         known = store.known_image_keys(scan.account_id)
-        pending: dict[bytes, dict] = {}
-        for tweet in page.tweets:
-            for image in tweet.images:
-                scan.progress["listed"] += 1
-                if (tweet.tweet_id, image.position) in known:
-                    continue
-                task = {
-                    "kind": "image.index", "tweet_id": tweet.tweet_id,
-                    "position": image.position, "image_count": tweet.image_count,
-                    "account_id": tweet.account_id, "handle": tweet.handle,
-                    "location": image.location, "is_file": image.is_file,
-                    "created_at": tweet.created_at, "source": tweet.source,
-                }
-                pending[client.send("indexer", task)] = task
+        scan.progress["listed"] += sum(len(tweet.images) for tweet in page.tweets)
+        pending = {
+            client.send("indexer", task): task
+            for task in index_requests(list(page.tweets), known)
+        }
         deadline = time.monotonic() + IMAGE_TIMEOUT_SECS
         while pending and time.monotonic() < deadline:
             received = client.receive(timeout_secs=1.0)
