@@ -28,8 +28,8 @@ DEMO_ARCHIVE = PROJECT_ROOT / "demo_archive"
 
 log = logging.getLogger("run_server")
 
-# Request kinds handled in a worker's socket thread: they only read memory
-# or one SQLite row, so they never wait on another service.
+# Request kinds handled in a worker's socket thread. They only read memory
+# or one SQLite row and must not wait on another service; nothing checks it.
 INLINE_KINDS = {
     "pipeline": frozenset({"search.get", "ingest.get", "ingest.progress"}),
 }

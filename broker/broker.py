@@ -3,9 +3,9 @@
 One ROUTER socket serves clients and workers alike (see ``protocol``).
 Each service has a queue of waiting requests; a request goes to the
 worker of that service with free capacity that has waited longest. The
-broker tracks which worker holds which request, so a worker that stops
-sending heartbeats has its requests delivered again or failed, and no
-client waits forever.
+broker tracks which requests each worker has, so the requests of a worker
+that stops sending heartbeats are delivered again or failed. No client
+waits forever.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ file (values are parsed as TOML, so ``A2T_HTTP_PORT=3302`` is an int and
 ``A2T_ARCHIVES_PATHS='["a", "b"]'`` a list).
 
 Relative paths in ``[data] folder`` are resolved against the folder of the
-configuration file, so every process of one deployment sees the same data.
+configuration file, so every process of one deployment uses the same data.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ frames per message keep the broker's per-message cost low.
 requests. ``body`` is one msgpack map. Request bodies name their
 ``kind`` (a string from ``KINDS``); reply bodies carry ``ok`` (bool),
 and when ``ok`` is false, ``code`` and ``message``. A FAILURE frame is
-the broker's own reply when no worker could answer: its body is
+the broker's own reply when no worker replied: its body is
 ``{ok: false, code, message}`` with a code from ``BROKER_FAILURES``.
 
 Workers send a heartbeat every ``heartbeat_interval_secs`` and so does

@@ -2,7 +2,7 @@
 
 ``POST /search`` takes an image as the raw request body (the earlier
 system's form) or as a ``multipart/form-data`` upload, optionally limited
-to one account with ``?account_name=``; it answers with an identifier to
+to one account with ``?account_name=``; it returns an identifier to
 poll with ``GET /search?identifier=``.
 
 ``GET /query?url=`` and ``POST /query`` take an artwork page URL; the

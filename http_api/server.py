@@ -52,7 +52,7 @@ class ApiServer:
     def _answer_stalled_requests(self, now: float) -> None:
         """Send 408 to connections stuck in the middle of a request.
 
-        Waitress reads a whole request before the application sees it, so a
+        Waitress reads a whole request before the application receives it, so a
         body shorter than its Content-Length would otherwise end in a silent
         close. This runs in waitress's event loop thread.
         """

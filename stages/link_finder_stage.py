@@ -47,7 +47,7 @@ class LinkFinderStage:
         }
 
     def handle_fetch(self, body: dict[str, Any], context: RequestContext) -> dict:
-        """Fetch the first of ``urls`` that answers with an image of allowed size."""
+        """Fetch the first of ``urls`` that returns an image within the size limit."""
         urls = [str(url) for url in body.get("urls") or []]
         limit = self.config.http.max_upload_bytes
         too_big = None

@@ -4,7 +4,7 @@ The searcher owns the in-memory FAISS index. It loads the copy saved
 under ``<data>/faiss/`` at start, rebuilds it from SQLite when that copy
 is missing, unreadable or out of step, and before every search it adds
 the images stored since (ids only grow, see ``index.store``). A search
-therefore sees every image whose indexing was acknowledged before it.
+therefore finds every image whose indexing was acknowledged before it.
 """
 
 from __future__ import annotations

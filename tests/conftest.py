@@ -16,7 +16,7 @@ CORPUS = SHARED / "corpus"
 
 # Test modules that read the corpus or the fault cases while they are
 # collected. Without the shared folder beside the repository they are not
-# collected at all, and the run says so in its header.
+# collected at all, and the run reports it in its header.
 NEEDS_SHARED = [
     "test_archive_source.py", "test_benchmarks_smoke.py", "test_decoding.py",
     "test_descriptors.py", "test_e2e_archive.py", "test_e2e_http_input.py",

@@ -2,7 +2,7 @@
 
 ``RunningService`` writes a configuration with free loopback ports,
 starts ``run_server.py serve`` as a subprocess, waits until the HTTP API
-and the broker answer, and stops the group (SIGTERM, then SIGKILL) when
+and the broker respond, and stops the group (SIGTERM, then SIGKILL) when
 closed.
 """
 

@@ -175,7 +175,8 @@ def test_indexer_killed_mid_ingest_loses_nothing(tmp_path):
     assert len(rows) == demo_image_count()
     assert len(set(rows)) == len(rows)
     assert restarted["restarts"] >= 1
-    assert "indexer-1" in crash_record and "SIGKILL" in crash_record
+    assert "indexer-1" in crash_record
+    assert "SIGKILL" in crash_record
 
 
 def test_restart_resumes_from_store(tmp_path):

@@ -2,7 +2,7 @@
 
 The raw requests of the b18 cases are sent over a plain socket to the
 service's own ``/query`` and ``/search`` paths; bad image files go to
-``POST /search``. Each answer must be a 4xx with a JSON error code and
+``POST /search``. Each response must be a 4xx with a JSON error code and
 message, and the service must keep answering afterwards.
 """
 
@@ -42,7 +42,7 @@ def service(tmp_path_factory):
 
 
 def send_raw(port: int, request: bytes, timeout: float = 40.0) -> tuple[int, dict]:
-    """Send raw bytes, read the whole answer; return (status, JSON body)."""
+    """Send raw bytes and read the whole response; return (status, JSON body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
         chunks = []

@@ -191,7 +191,7 @@ def test_query_site_failure(service, fakes):
 
 
 class _SlowSite(BaseHTTPRequestHandler):
-    """A site that takes seconds to answer, to hold requests in flight."""
+    """A site that takes seconds to respond, to keep requests in flight."""
 
     def do_GET(self):  # noqa: N802 (name fixed by http.server)
         time.sleep(3)
